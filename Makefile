@@ -1,0 +1,29 @@
+# Two commands on a fresh clone with only python3 and make: `make demo`, `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint install bench clean
+
+# Re-install only when the project's declared dependencies change.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m search.train conf/digits.yaml
+
+# pytest exits 5 when it collects no tests; that is not a failure of the code.
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider || test $$? -eq 5
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf runs out mlruns mlartifacts mlflow.db .pytest_cache
