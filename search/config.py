@@ -1,0 +1,294 @@
+"""The configuration schema: one YAML file, validated once, passed inward as typed objects.
+
+`TrialConfig` (data, model, optimizer, train) is everything one training run needs;
+`SearchConfig` extends it with the search space and how Ray, Optuna, ASHA and MLflow
+run the search. Errors become `ConfigError` with a one-line message naming the
+field and the value, so the command line can print it and exit 2.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DATASETS = ("digits", "synthetic", "mnist", "fashion_mnist", "cifar10", "cifar100")
+
+
+class ConfigError(Exception):
+    """Bad configuration or command-line input; the message is one line for the user."""
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- one trial
+
+
+class DataConfig(Section):
+    dataset: Literal[DATASETS] = "digits"  # type: ignore[valid-type]
+    root: str = "data"  # where torchvision datasets live (or are downloaded to)
+    download: bool = False
+    val_fraction: float = Field(0.2, gt=0, lt=1)  # carved from the training set
+    split_seed: int = 0  # same split for every trial, so their val_acc compare
+    crop_padding: int = Field(0, ge=0)  # random crop after padding by this many pixels
+    flip: bool = False  # random horizontal flip
+    synthetic_samples: int = Field(2048, ge=2)
+    synthetic_shape: tuple[int, int, int] = (3, 32, 32)  # channels, height, width
+    synthetic_classes: int = Field(10, ge=2)
+
+
+class ModelConfig(Section):
+    name: str = "mlp"
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        import models
+
+        if name not in models.names():
+            raise ValueError(f"unknown model {name!r}; known: {', '.join(models.names())}")
+        return name
+
+
+class OptimizerConfig(Section):
+    name: Literal["adam", "adamw"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    amsgrad: bool = False
+    foreach: bool | None = None  # None: optim.Adam chooses
+
+
+class TrainConfig(Section):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    schedule: Literal["constant", "cosine", "onecycle"] = "constant"
+    warmup_fraction: float = Field(0.25, gt=0, lt=1)  # onecycle: share of steps warming up
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    grad_clip: float | None = Field(None, gt=0)  # max global grad norm; None: no clipping
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool = False  # torch.compile the model
+
+
+class TrialConfig(Section):
+    """Everything `python -m search.train` needs to train one configuration."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    train: TrainConfig = TrainConfig()
+
+
+# ---------------------------------------------------------------- the search
+
+
+class Range(Section):
+    """One searched hyperparameter: sampled in [low, high], or fixed to `value`."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    value: float | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Range:
+        if self.value is not None:
+            if self.low is not None or self.high is not None:
+                raise ValueError("give either value or low/high, not both")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("needs low and high (or a fixed value)")
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            raise ValueError(f"low and high must be finite, got {self.low}, {self.high}")
+        if self.low > self.high:
+            raise ValueError(f"low {self.low} > high {self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log range needs low > 0, got low {self.low}")
+        return self
+
+    @property
+    def fixed(self) -> bool:
+        return self.value is not None or self.low == self.high
+
+    def bounds(self) -> tuple[float, float]:
+        return (self.value, self.value) if self.value is not None else (self.low, self.high)
+
+
+class SpaceConfig(Section):
+    """The Optuna search space over the optimizer. beta2 is searched as 1 - beta2."""
+
+    lr: Range = Range(low=1e-4, high=1e-1, log=True)
+    beta1: Range = Range(low=0.8, high=0.99)
+    one_minus_beta2: Range = Range(low=1e-4, high=1e-1, log=True)
+    eps: Range = Range(low=1e-10, high=1e-6, log=True)
+    weight_decay: Range = Range(value=0.0)
+
+    @model_validator(mode="after")
+    def _within_domain(self) -> SpaceConfig:
+        checks = {
+            "lr": lambda lo, hi: lo > 0,
+            "beta1": lambda lo, hi: lo >= 0 and hi < 1,
+            "one_minus_beta2": lambda lo, hi: lo > 0 and hi <= 1,
+            "eps": lambda lo, hi: lo > 0,
+            "weight_decay": lambda lo, hi: lo >= 0,
+        }
+        rules = {
+            "lr": "> 0",
+            "beta1": "in [0, 1)",
+            "one_minus_beta2": "in (0, 1]",
+            "eps": "> 0",
+            "weight_decay": ">= 0",
+        }
+        for name, ok in checks.items():
+            lo, hi = getattr(self, name).bounds()
+            if not ok(lo, hi):
+                raise ValueError(f"{name} must be {rules[name]}, got [{lo}, {hi}]")
+        return self
+
+
+class SearchSection(Section):
+    num_samples: int = Field(8, ge=1)
+    max_concurrent: int = Field(2, ge=1)
+    seed: int = 0
+    metric: str = "val_acc"
+    mode: Literal["max", "min"] = "max"
+    sampler: Literal["tpe", "random"] = "tpe"
+    n_startup_trials: int = Field(4, ge=0)  # random trials before TPE models the space
+    # Adam's textbook defaults make a good first point.
+    points_to_evaluate: list[dict[str, float]] = [
+        {"lr": 1e-3, "beta1": 0.9, "one_minus_beta2": 1e-3, "eps": 1e-8}
+    ]
+
+
+class SchedulerConfig(Section):
+    name: Literal["asha", "fifo"] = "asha"
+    grace_period: int = Field(1, ge=1)  # epochs every trial gets before it can be pruned
+    reduction_factor: float = Field(3, gt=1)
+
+
+class ResourcesConfig(Section):
+    cpus_per_trial: float = Field(1, gt=0)
+    gpus_per_trial: float = Field(0, ge=0)  # fractional: several trials share a GPU
+
+
+class MlflowConfig(Section):
+    tracking_uri: str | None = None  # None: sqlite:///mlflow.db in the working directory
+    experiment: str | None = None  # None: the search's name
+    register_as: str | None = None  # registered model name for the best checkpoint
+
+
+class RayConfig(Section):
+    address: str | None = None  # None: start Ray on this machine
+
+
+class SearchConfig(TrialConfig):
+    """A whole search: the trial sections plus space, search, scheduler, resources, ..."""
+
+    name: str | None = None  # None: the config file's stem
+    space: SpaceConfig = SpaceConfig()
+    search: SearchSection = SearchSection()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+    ray: RayConfig = RayConfig()
+
+    @model_validator(mode="after")
+    def _grace_within_epochs(self) -> SearchConfig:
+        if self.scheduler.grace_period > self.train.epochs:
+            raise ValueError(
+                f"scheduler.grace_period {self.scheduler.grace_period} > "
+                f"train.epochs {self.train.epochs}"
+            )
+        return self
+
+    def trial(self) -> TrialConfig:
+        """The single-run part of this config."""
+        return TrialConfig(**{k: getattr(self, k) for k in TrialConfig.model_fields})
+
+
+# ---------------------------------------------------------------- loading
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping safely; missing, empty or malformed files are ConfigErrors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"{path}: invalid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: empty config file")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `--set a.b=value` overrides (value parsed as YAML) to a config dict."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML") from None
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {part!r} is not a section")
+            node = child
+        node[leaf] = value
+    return raw
+
+
+def _one_line(error: ValidationError, source: str) -> str:
+    problems = []
+    for err in error.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "config"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        shown = err.get("input")
+        text = f"{field}: {msg}"
+        if not isinstance(shown, dict) and err["type"] != "missing":
+            text += f" (got {shown!r})"
+        problems.append(text)
+    return f"{source}: " + "; ".join(problems)
+
+
+def validate(model: type[Section], raw: dict[str, Any], source: str) -> Any:
+    """Validate a dict against a schema, turning pydantic's report into one line."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_one_line(e, source)) from None
+
+
+def load(path: str | Path, overrides: list[str] = (), schema: type[Section] = SearchConfig):
+    """Read, override and validate a config file."""
+    raw = apply_overrides(read_yaml(path), list(overrides))
+    return validate(schema, raw, str(path))
+
+
+def dump(config: Section) -> str:
+    """YAML text of a config that `load` reads back to an equal config."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,188 @@
+"""Train one configuration, reporting metrics and a checkpoint once per epoch.
+
+`train(cfg, report)` is the whole trial: `python -m search.train` calls it with a
+report hook that prints and saves, the Ray trainable with one that calls
+`tune.report`. A checkpoint holds model, optimizer, scheduler, epoch and RNG state,
+so a run resumed from epoch k repeats epochs k+1..n exactly (bitwise on CPU).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+import models
+import optim
+from search import data
+from search.config import TrialConfig
+
+Metrics = dict[str, Any]
+Checkpoint = dict[str, Any]  # plain tensors and numbers: loads with weights_only=True
+Report = Callable[[Metrics, "Checkpoint | None"], None]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_optimizer(cfg: TrialConfig, params) -> optim.Adam:
+    """The project's Adam (or AdamW, decoupled weight decay) from the optimizer section."""
+    o = cfg.optimizer
+    cls = optim.AdamW if o.name == "adamw" else optim.Adam
+    return cls(
+        params,
+        lr=o.lr,
+        betas=(o.beta1, o.beta2),
+        eps=o.eps,
+        weight_decay=o.weight_decay,
+        amsgrad=o.amsgrad,
+        foreach=o.foreach,
+    )
+
+
+def build_schedule(cfg: TrialConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
+    """A per-step learning-rate schedule. Momentum is never cycled: beta1 is searched."""
+    total = cfg.train.epochs * steps_per_epoch
+    if cfg.train.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    if cfg.train.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt,
+            max_lr=cfg.optimizer.lr,
+            total_steps=total,
+            pct_start=cfg.train.warmup_fraction,
+            cycle_momentum=False,
+        )
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+
+
+def model_spec(cfg: TrialConfig, ds: data.Dataset) -> dict[str, Any]:
+    """What `models.build` needs to rebuild the network from a checkpoint."""
+    return {
+        "name": cfg.model.name,
+        "num_classes": ds.num_classes,
+        "in_channels": ds.in_channels,
+        "image_size": ds.image_size,
+        "mean": list(ds.mean),
+        "std": list(ds.std),
+    }
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: data.DeviceLoader, autocast) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over a loader."""
+    model.eval()
+    loss_sum, correct, count = 0.0, 0, 0
+    for xb, yb in loader:
+        with autocast():
+            logits = model(xb)
+        loss_sum += nn.functional.cross_entropy(logits.float(), yb, reduction="sum").item()
+        correct += (logits.argmax(1) == yb).sum().item()
+        count += len(yb)
+    return loss_sum / count, correct / count
+
+
+def train(cfg: TrialConfig, report: Report, resume: Checkpoint | None = None) -> Metrics:
+    """Train `cfg` for `cfg.train.epochs`, calling `report(metrics, checkpoint)` each epoch.
+
+    A non-finite training loss ends the run: the epoch is reported with
+    `diverged: True` and `val_acc` 0, and no checkpoint. Returns the last metrics.
+    """
+    device = pick_device(cfg.train.device)
+    cuda = device.type == "cuda"
+    torch.manual_seed(cfg.train.seed)
+    ds = data.load(cfg.data)
+    train_split, val_split = ds.train.to(device), ds.val.to(device)
+    generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
+    loader = data.DeviceLoader(
+        train_split,
+        cfg.train.batch_size,
+        ds.mean,
+        ds.std,
+        train=True,
+        generator=generator,
+        crop_padding=cfg.data.crop_padding,
+        flip=cfg.data.flip,
+        channels_last=cuda,
+    )
+    val_loader = data.DeviceLoader(
+        val_split, 1024, ds.mean, ds.std, train=False, channels_last=cuda
+    )
+
+    model = models.build(cfg.model.name, ds.num_classes, ds.in_channels, ds.image_size)
+    model = model.to(device, memory_format=torch.channels_last if cuda else torch.preserve_format)
+    opt = build_optimizer(cfg, model.parameters())
+    schedule = build_schedule(cfg, opt, len(loader))
+    start_epoch = 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        schedule.load_state_dict(resume["scheduler"])
+        torch.set_rng_state(resume["rng"]["cpu"])
+        generator.set_state(resume["rng"]["data"])
+        if cuda and "cuda" in resume["rng"]:
+            torch.cuda.set_rng_state(resume["rng"]["cuda"])
+        start_epoch = resume["epoch"]
+    step_model = torch.compile(model) if cfg.train.compile else model
+
+    def autocast():
+        # bf16 autocast on CUDA; on CPU full fp32 keeps resumed runs bitwise equal.
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
+
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+    metrics: Metrics = {}
+    for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
+        model.train()
+        lr = schedule.get_last_lr()[0]
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        seen = 0
+        for xb, yb in loader:
+            with autocast():
+                loss = loss_fn(step_model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.train.grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            opt.step()
+            schedule.step()
+            loss_sum += loss.detach() * len(yb)  # stays on device: no sync per step
+            seen += len(yb)
+        train_loss = (loss_sum / seen).item()
+        if cuda:
+            torch.cuda.synchronize()
+        train_s = time.perf_counter() - t0
+        metrics = {"epoch": epoch, "train_loss": train_loss, "lr": lr, "diverged": False}
+        if not math.isfinite(train_loss):
+            metrics.update(val_loss=float("inf"), val_acc=0.0, diverged=True)
+            metrics.update(epoch_s=time.perf_counter() - t0, images_per_s=seen / train_s)
+            report(metrics, None)
+            return metrics
+        val_loss, val_acc = evaluate(step_model, val_loader, autocast)
+        metrics.update(
+            val_loss=val_loss,
+            val_acc=val_acc,
+            epoch_s=time.perf_counter() - t0,
+            images_per_s=seen / train_s,
+        )
+        rng = {"cpu": torch.get_rng_state(), "data": generator.get_state()}
+        if cuda:
+            rng["cuda"] = torch.cuda.get_rng_state()
+        checkpoint = {
+            "epoch": epoch,
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": schedule.state_dict(),
+            "rng": rng,
+            "model_spec": model_spec(cfg, ds),
+            "metrics": dict(metrics),
+        }
+        report(metrics, checkpoint)
+    return metrics
