@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m search.train conf/digits.yaml
+	$(BIN)/python -m search.run conf/digits.yaml
 
 # pytest exits 5 when it collects no tests; that is not a failure of the code.
 test: $(STAMP)

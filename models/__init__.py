@@ -6,10 +6,11 @@ from collections.abc import Callable
 
 from torch import nn
 
+from models.normalized import Normalized
 from models.resnet import resnet9, resnet18
 from models.small import cnn, mlp
 
-__all__ = ["build", "names"]
+__all__ = ["Normalized", "build", "names"]
 
 Builder = Callable[[int, int, int], nn.Module]
 

@@ -1,0 +1,69 @@
+"""Connecting to Ray, and refusing trials no node can ever run.
+
+A trial that asks for more than any node has waits in PENDING forever (ray #28292);
+here that is an error before the search starts.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import ray
+
+import models
+import optim
+import search
+from search.config import ConfigError, ResourcesConfig
+
+CONNECT_TIMEOUT_S = 5.0
+
+
+def _reachable(address: str) -> bool:
+    """Whether host:port (or ray://host:port) accepts a TCP connection, quickly."""
+    hostport = address.removeprefix("ray://")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        return True  # not host:port; let Ray judge it
+    try:
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def connect(address: str | None, cpus: int | None = None) -> None:
+    """Start Ray here (address None) or join a cluster, shipping the project's code.
+
+    On a cluster, `py_modules` uploads search/, models/ and optim/ to every worker
+    through Ray's runtime_env: nothing is copied by hand.
+    """
+    if ray.is_initialized():
+        return
+    if address is None:
+        ray.init(num_cpus=cpus, include_dashboard=False, logging_level="warning")
+        return
+    if address != "auto" and not _reachable(address):
+        raise ConfigError(f"ray.address {address!r}: nothing answers there (is the head up?)")
+    modules = [str(Path(m.__file__).parent) for m in (search, models, optim)]
+    try:
+        ray.init(address=address, runtime_env={"py_modules": modules},
+                 logging_level="warning")
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise ConfigError(f"ray.address {address!r}: cannot join: {str(e).splitlines()[0]}") \
+            from None
+
+
+def check_resources(resources: ResourcesConfig) -> None:
+    """Fail if no alive node can host one trial (a GPU trial on a GPU-less cluster, say)."""
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    for key, field, asked in (
+        ("GPU", "gpus_per_trial", resources.gpus_per_trial),
+        ("CPU", "cpus_per_trial", resources.cpus_per_trial),
+    ):
+        most = max((n.get(key, 0.0) for n in nodes), default=0.0)
+        if asked > most:
+            raise ConfigError(
+                f"resources.{field} {asked:g}: no node has that many {key}s "
+                f"(the most on any node is {most:g}), so no trial could ever start"
+            )

@@ -1,0 +1,111 @@
+"""What a finished search leaves behind: outcomes, best.yaml, the champion model, a summary."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import torch
+from mlflow.tracking import MlflowClient
+from ray.tune import ResultGrid
+
+import models
+from search import config as config_
+from search.config import SearchConfig
+from search.space import optimizer_params, trial_config
+from search.tracking import Tracker, outcome, redact
+from search.trainable import load_checkpoint
+
+CHAMPION = "champion"
+
+
+@dataclass
+class TrialSummary:
+    trial_id: str
+    outcome: str
+    epochs: int
+    value: float  # the search metric at the trial's last epoch
+    params: dict[str, float]
+    result: Any  # ray.tune.Result
+
+
+def summarize(grid: ResultGrid, cfg: SearchConfig) -> list[TrialSummary]:
+    """Every trial with how it ended, best first (failed and diverged trials last)."""
+    rows = []
+    for r in grid:
+        m = r.metrics or {}
+        how = outcome(m, cfg.train.epochs, error=r.error is not None)
+        value = m.get(cfg.search.metric, math.nan)
+        rows.append(TrialSummary(m.get("trial_id", "?"), how, int(m.get("epoch", 0)),
+                                 float(value), optimizer_params(r.config or {}), r))
+    sign = -1 if cfg.search.mode == "max" else 1
+
+    # Trials that ran every epoch rank first: the best config is one validated at the
+    # full budget, not an early-rung number from a pruned trial.
+    rank = {"completed": 0, "pruned": 1, "diverged": 2, "failed": 3}
+
+    def key(t: TrialSummary) -> tuple:
+        ok = math.isfinite(t.value) and rank[t.outcome] < 2
+        return (rank[t.outcome], sign * t.value if ok else 0.0)
+
+    return sorted(rows, key=key)
+
+
+def write_best_yaml(cfg: SearchConfig, best: TrialSummary, path: Path) -> str:
+    """The winner as a complete single-run config for `python -m search.train`."""
+    trial = trial_config(cfg, best.result.config)
+    text = (
+        f"# Best trial {best.trial_id} of search {cfg.name!r}: "
+        f"{cfg.search.metric} {best.value:.4f} after {best.epochs} epochs.\n"
+        f"# Retrain it: python -m search.train {path}\n" + config_.dump(trial)
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return text
+
+
+def register_champion(tracker: Tracker, best: TrialSummary, name: str) -> int:
+    """Log the best checkpoint as an MLflow PyTorch model under the best trial's run,
+    register it as `name` and point the `champion` alias at the new version."""
+    state = load_checkpoint(best.result.checkpoint)
+    spec = state["model_spec"]
+    net = models.build(spec["name"], spec["num_classes"], spec["in_channels"],
+                       spec["image_size"])
+    net.load_state_dict(state["model"])
+    model = models.Normalized(net, spec["mean"], spec["std"]).eval()
+    example = torch.rand(2, spec["in_channels"], spec["image_size"], spec["image_size"])
+    client: MlflowClient = tracker.client
+    mlflow.set_tracking_uri(client.tracking_uri)
+    run_id = tracker.children[best.trial_id]
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            registered_model_name=name,
+            input_example=example.numpy(),
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
+    version = int(info.registered_model_version)
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    return version
+
+
+def print_summary(rows: list[TrialSummary], cfg: SearchConfig, best_yaml: Path | None,
+                  tracking_uri: str) -> None:
+    counts = {k: sum(r.outcome == k for r in rows)
+              for k in ("completed", "pruned", "diverged", "failed")}
+    print(f"\nsearch {cfg.name}: {len(rows)} trials: "
+          + ", ".join(f"{n} {k}" for k, n in counts.items()))
+    print(f"top 5 by {cfg.search.metric} ({cfg.search.mode}):")
+    for r in rows[:5]:
+        params = "  ".join(f"{k}={v:.4g}" for k, v in r.params.items())
+        print(f"  {r.trial_id}  {r.outcome:9s} epochs {r.epochs:3d}  "
+              f"{cfg.search.metric} {r.value:.4f}  {params}")
+    if best_yaml is not None:
+        print(f"best config: {best_yaml}  (retrain: python -m search.train {best_yaml})")
+    ui = (f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1"
+          if not tracking_uri.startswith("http") else f"open {redact(tracking_uri)}")
+    print(f"browse the trials: {ui}")

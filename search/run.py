@@ -1,0 +1,206 @@
+"""`python -m search.run CONFIG`: a hyperparameter search with Ray Tune, Optuna, ASHA and MLflow.
+
+    config in -> Ray (here, or a cluster) -> Tuner(OptunaSearch, ASHA, our trainable)
+              -> MLflow parent/child runs (driver-side) -> best.yaml, champion model, summary
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+from mlflow.tracking import MlflowClient
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+from search import cluster, results
+from search import config as config_
+from search.cli import run_main
+from search.config import ConfigError, SearchConfig
+from search.optuna_search import OptunaSearch
+from search.space import DefineByRun, searched
+from search.tracking import Tracker, TrackingCallback, flatten, redact
+from search.trainable import run_trial
+
+SAVED_CONFIG = "search.yaml"  # the resolved config, next to Ray's experiment state
+BEST_CONFIG = "best.yaml"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m search.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="search config (YAML), e.g. conf/digits.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set search.num_samples=16")
+    p.add_argument("--num-samples", type=int, help="trials in total (search.num_samples)")
+    p.add_argument("--name", help="search name: runs/NAME (default: CONFIG stem + time)")
+    p.add_argument("--address", help="join a Ray cluster: auto, HOST:PORT or ray://HOST:10001")
+    p.add_argument("--storage-path", help="where Ray keeps the search (default: ./runs); "
+                   "shared path or object-store URI on a cluster")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted search (the latest one of CONFIG without --name)")
+    return p.parse_args(argv)
+
+
+def resolve(args: argparse.Namespace) -> tuple[SearchConfig, str, str]:
+    """The validated config, the search's storage path and its name. Writes nothing."""
+    overrides = list(args.set)
+    if args.num_samples is not None:
+        overrides.append(f"search.num_samples={args.num_samples}")
+    if args.address:
+        overrides.append(f"ray.address={args.address}")
+    if args.tracking_uri:
+        overrides.append(f"mlflow.tracking_uri={args.tracking_uri}")
+    cfg = config_.load(args.config, overrides)
+    storage = args.storage_path or str(Path("runs").resolve())
+    local = "://" not in storage
+    stem = cfg.name or Path(args.config).stem
+    name = args.name
+    if args.resume:
+        if name is None and local:  # the latest search of this config
+            found = sorted(Path(storage).glob(f"{stem}-*/{SAVED_CONFIG}"),
+                           key=lambda p: p.stat().st_mtime)
+            name = found[-1].parent.name if found else stem
+        path = f"{storage}/{name}"
+        if not tune.Tuner.can_restore(path):
+            raise ConfigError(f"--resume: no search to resume at {path}")
+        if local:  # the interrupted search's own config, so trials stay comparable
+            cfg = config_.validate(SearchConfig, config_.read_yaml(Path(path, SAVED_CONFIG)),
+                                   path)
+    else:
+        name = name or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if local and Path(storage, name).exists():
+            raise ConfigError(f"--name {name}: {storage}/{name} exists; "
+                              "add --resume to continue it, or pick another name")
+    root = Path(cfg.data.root)
+    if not root.is_absolute():  # trials run in their own directories
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(
+            update={"root": str(root.resolve())})})
+    return cfg.model_copy(update={"name": name}), storage, name
+
+
+def check_tracking(uri: str) -> None:
+    """An http(s) tracking server must answer now, not after the first trial has run."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    bare = urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port
+                                                               else "")))
+    try:
+        urllib.request.urlopen(bare.rstrip("/") + "/health", timeout=5).close()
+    except OSError as e:
+        raise ConfigError(f"mlflow.tracking_uri {redact(uri)}: unreachable "
+                          f"({getattr(e, 'reason', e)})") from None
+
+
+def trial_dirname(trial: tune.experiment.Trial) -> str:
+    """Short trial folders (Ray's default spells out every hyperparameter)."""
+    return f"trial_{trial.trial_id}"
+
+
+def trainable(cfg: SearchConfig):
+    """One trial of this search, with the resources each trial asks for."""
+    return tune.with_resources(
+        tune.with_parameters(run_trial, base=cfg.trial()),
+        {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial},
+    )
+
+
+def build_tuner(cfg: SearchConfig, storage: str, name: str, tracking_uri: str) -> tune.Tuner:
+    """Ray's and Optuna's own objects, composed: the whole search in one place."""
+    s = cfg.search
+    sampler = (
+        optuna.samplers.TPESampler(seed=s.seed, multivariate=True,
+                                   n_startup_trials=s.n_startup_trials)
+        if s.sampler == "tpe" else optuna.samplers.RandomSampler(seed=s.seed)
+    )
+    names = searched(cfg.space)
+    points = [{k: v for k, v in p.items() if k in names} for p in s.points_to_evaluate]
+    searcher = OptunaSearch(
+        space=DefineByRun(cfg.space), metric=s.metric, mode=s.mode, sampler=sampler,
+        points_to_evaluate=[p for p in points if p], max_epoch=cfg.train.epochs,
+    )
+    scheduler = (
+        ASHAScheduler(time_attr="epoch", max_t=cfg.train.epochs,
+                      grace_period=cfg.scheduler.grace_period,
+                      reduction_factor=cfg.scheduler.reduction_factor)
+        if cfg.scheduler.name == "asha" else FIFOScheduler()
+    )
+    tracking = TrackingCallback(
+        tracking_uri, cfg.mlflow.experiment or name, f"{storage}/{name}", name,
+        flatten(cfg.model_dump(mode="json")), cfg.train.epochs,
+    )
+    return tune.Tuner(
+        trainable(cfg),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=scheduler, num_samples=s.num_samples,
+            max_concurrent_trials=s.max_concurrent, metric=s.metric, mode=s.mode,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage, callbacks=[tracking], verbose=1,
+            failure_config=tune.FailureConfig(max_failures=2),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cfg, storage, name = resolve(args)
+    tracking_uri = cfg.mlflow.tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}"
+    # Fail fast, and let the tracker's queue do the retrying, not minutes of HTTP backoff.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # A checkpoint per epoch is the design (resume at any epoch), not a bottleneck to warn of.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    check_tracking(tracking_uri)
+    cluster.connect(cfg.ray.address)
+    cluster.check_resources(cfg.resources)
+
+    path = f"{storage}/{name}"
+    if args.resume:
+        # Ray restores the searcher (with its Optuna study), the scheduler and callbacks.
+        tuner = tune.Tuner.restore(path, trainable=trainable(cfg))
+    else:
+        tuner = build_tuner(cfg, storage, name, tracking_uri)
+        if "://" not in storage:
+            Path(path).mkdir(parents=True, exist_ok=True)
+            Path(path, SAVED_CONFIG).write_text(config_.dump(cfg))
+    print(f"search {name}: {cfg.search.num_samples} trials, results in {path}, "
+          f"MLflow at {redact(tracking_uri)}", flush=True)
+    grid = tuner.fit()
+
+    rows = results.summarize(grid, cfg)
+    tracker = Tracker.open(MlflowClient(tracking_uri), cfg.mlflow.experiment or name, path,
+                           name, {})
+    best = next((r for r in rows if r.outcome in ("completed", "pruned")), None)
+    best_yaml = None
+    if best is not None:
+        best_yaml = Path(storage if "://" not in storage else "runs", name, BEST_CONFIG)
+        text = results.write_best_yaml(cfg, best, best_yaml)
+        if cfg.mlflow.register_as and best.result.checkpoint is not None:
+            version = results.register_champion(tracker, best, cfg.mlflow.register_as)
+            print(f"registered {cfg.mlflow.register_as} version {version} "
+                  f"as @{results.CHAMPION}")
+        top = [{"trial_id": r.trial_id, "outcome": r.outcome, "epochs": r.epochs,
+                cfg.search.metric: r.value, **r.params} for r in rows[:10]]
+        tracker.finish({"params": best.params, "metric": cfg.search.metric,
+                        "value": best.value, "trial_id": best.trial_id}, top, text)
+    if not tracker.drain(timeout_s=300):
+        print(f"warning: {len(tracker.pending)} MLflow writes could not be delivered")
+    results.print_summary(rows, cfg, best_yaml, tracking_uri)
+    return 0 if best is not None else 1
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,56 @@
+"""The Optuna search space over Adam's hyperparameters, and how a sample becomes a trial.
+
+Sampled names are the ones a reader of the Adam paper expects, except that beta2 is
+searched as `one_minus_beta2` on a log scale: its useful values (0.9, 0.99, 0.999,
+0.9999) are orders of magnitude apart in 1 - beta2, not in beta2.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+
+from search.config import OptimizerConfig, SearchConfig, SpaceConfig, TrialConfig
+
+NAMES = ("lr", "beta1", "one_minus_beta2", "eps", "weight_decay")
+
+
+class DefineByRun:
+    """An Optuna define-by-run space: suggests the searched values, returns the fixed ones.
+
+    A class rather than a closure because Ray pickles the searcher with its space.
+    """
+
+    def __init__(self, space: SpaceConfig) -> None:
+        self.space = space
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, float]:
+        fixed = {}
+        for name in NAMES:
+            r = getattr(self.space, name)
+            if r.fixed:
+                fixed[name] = r.bounds()[0]
+            else:
+                trial.suggest_float(name, r.low, r.high, log=r.log)
+        return fixed
+
+
+def searched(space: SpaceConfig) -> list[str]:
+    """Names of the hyperparameters that are sampled, not fixed."""
+    return [n for n in NAMES if not getattr(space, n).fixed]
+
+
+def optimizer_params(sample: dict[str, Any]) -> dict[str, float]:
+    """A sample in Adam's own terms (beta2, not 1 - beta2): the params logged per trial."""
+    params = {k: float(v) for k, v in sample.items() if k in NAMES}
+    if "one_minus_beta2" in params:
+        params["beta2"] = 1.0 - params.pop("one_minus_beta2")
+    return params
+
+
+def trial_config(cfg: SearchConfig | TrialConfig, sample: dict[str, Any]) -> TrialConfig:
+    """The single-run config of one trial: the base config with the sample's optimizer."""
+    base = cfg.trial() if isinstance(cfg, SearchConfig) else cfg
+    values = base.optimizer.model_dump() | optimizer_params(sample)
+    return base.model_copy(update={"optimizer": OptimizerConfig(**values)})

@@ -1,0 +1,156 @@
+"""End-to-end: `python -m search.run` as a user runs it, on real Ray, Optuna and MLflow."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from search import config as config_
+from search import data
+from search.config import DataConfig, TrialConfig
+from tests.conftest import ROOT, run_module
+
+SEARCH = """
+data: {dataset: digits, val_fraction: 0.2}
+model: {name: cnn}
+train: {epochs: 6, batch_size: 64}
+search: {num_samples: 8, max_concurrent: 2, seed: 0, n_startup_trials: 3}
+scheduler: {name: asha, grace_period: 1, reduction_factor: 3}
+mlflow: {register_as: digits-test}
+"""
+
+
+def children(client: MlflowClient, experiment: str):
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("role") == "search"]
+    kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    return parents, kids
+
+
+@pytest.fixture(scope="module")
+def search(tmp_path_factory):
+    """One real search of 8 trials with ASHA; the tests below read what it left."""
+    cwd = tmp_path_factory.mktemp("search")
+    (cwd / "conf.yaml").write_text(SEARCH)
+    proc = run_module("search.run", "conf.yaml", "--name", "e2e", cwd=cwd, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    mlflow.set_tracking_uri(f"sqlite:///{cwd / 'mlflow.db'}")
+    return cwd, proc.stdout, MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
+
+
+def test_every_trial_ends_and_asha_prunes_some(search):
+    _, stdout, client = search
+    _, kids = children(client, "e2e")
+    outcomes = [k.data.tags.get("outcome") for k in kids]
+    assert len(kids) == 8
+    assert all(k.info.status == "FINISHED" for k in kids)
+    assert set(outcomes) <= {"completed", "pruned", "diverged", "failed"}
+    assert "pruned" in outcomes and "completed" in outcomes
+    assert f"8 trials: {outcomes.count('completed')} completed, " \
+           f"{outcomes.count('pruned')} pruned" in stdout
+
+
+def test_mlflow_has_one_parent_with_a_child_per_trial_and_clean_histories(search):
+    _, _, client = search
+    parents, kids = children(client, "e2e")
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["optimizer.lr"] and parent.data.params["space.lr.low"]
+    assert "best_val_acc" in parent.data.metrics and "best.lr" in parent.data.params
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"best.yaml", "top_trials.json"} <= artifacts
+    for kid in kids:
+        assert kid.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert set(kid.data.params) == {"lr", "beta1", "beta2", "eps", "weight_decay"}
+        assert not {"pid", "timestamp", "done", "time_total_s"} & set(kid.data.metrics)
+        steps = [m.step for m in client.get_metric_history(kid.info.run_id, "val_acc")]
+        assert sorted(steps) == list(range(1, len(steps) + 1))  # one value per epoch
+        expected = 6 if kid.data.tags["outcome"] == "completed" else len(steps)
+        assert len(steps) == expected
+
+
+def test_champion_alias_loads_and_predicts(search):
+    model = mlflow.pytorch.load_model("models:/digits-test@champion")
+    ds = data.load(DataConfig(dataset="digits", val_fraction=0.2))
+    with torch.no_grad():
+        logits = model(ds.val.x.float() / 255)
+    accuracy = (logits.argmax(1) == ds.val.y).float().mean().item()
+    assert accuracy > 0.9
+
+
+def test_best_yaml_retrains_to_the_best_trials_accuracy(search, tmp_path):
+    cwd, _, client = search
+    best_yaml = cwd / "runs" / "e2e" / "best.yaml"
+    cfg = config_.load(best_yaml, schema=TrialConfig)
+    parents, kids = children(client, "e2e")
+    best_id = parents[0].data.tags["best_trial_id"]
+    best = next(k for k in kids if k.data.tags["trial_id"] == best_id)
+    assert best.data.tags["outcome"] == "completed"
+    assert float(best.data.params["lr"]) == pytest.approx(cfg.optimizer.lr)
+    proc = run_module("search.train", str(best_yaml), "--out", str(tmp_path / "out"), cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    final = float(proc.stdout.strip().splitlines()[-1].split("val_acc ")[1].split(";")[0])
+    assert final == pytest.approx(best.data.metrics["val_acc"], abs=0.02)
+
+
+def test_killed_driver_resumes_and_finishes_every_trial(tmp_path):
+    (tmp_path / "conf.yaml").write_text(SEARCH.replace("num_samples: 8", "num_samples: 5"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "search.run", "conf.yaml", "--name", "k"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    exp_dir = tmp_path / "runs" / "k"
+    deadline = time.monotonic() + 180
+    while len(list(exp_dir.glob("trial_*/checkpoint_*"))) < 2:
+        assert driver.poll() is None, "search ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    proc = run_module("search.run", "conf.yaml", "--name", "k", "--resume", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "search k: 5 trials" in proc.stdout
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parents, kids = children(client, "k")
+    assert len(parents) == 1 and len(kids) == 5
+    assert len({k.data.tags["trial_id"] for k in kids}) == 5
+    for kid in kids:
+        assert kid.info.status == "FINISHED", proc.stdout[-5000:]
+        steps = [m.step for m in client.get_metric_history(kid.info.run_id, "val_acc")]
+        assert len(steps) == len(set(steps))
+
+
+def test_seeded_search_samples_the_same_hyperparameters_twice(tmp_path):
+    (tmp_path / "conf.yaml").write_text(
+        SEARCH.replace("epochs: 6", "epochs: 1").replace("name: asha", "name: fifo")
+        .replace("num_samples: 8, max_concurrent: 2", "num_samples: 5, max_concurrent: 1")
+        .replace("grace_period: 1, ", "")
+    )
+    sampled = []
+    for name in ("s1", "s2"):
+        proc = run_module("search.run", "conf.yaml", "--name", name, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        _, kids = children(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), name)
+        kids.sort(key=lambda r: r.info.start_time)
+        sampled.append([dict(k.data.params) for k in kids])
+    assert len(sampled[0]) == 5
+    assert sampled[0] == sampled[1]
+    assert len({p["lr"] for p in sampled[0]}) == 5  # and they are not all one point
+
+
+def test_best_yaml_is_a_complete_single_run_config(search):
+    cwd, _, _ = search
+    raw = yaml.safe_load((cwd / "runs" / "e2e" / "best.yaml").read_text())
+    assert set(raw) == {"data", "model", "optimizer", "train"}
