@@ -6,6 +6,7 @@ here that is an error before the search starts.
 
 from __future__ import annotations
 
+import logging
 import socket
 from pathlib import Path
 
@@ -38,13 +39,16 @@ def connect(address: str | None, cpus: int | None = None) -> None:
     On a cluster, `py_modules` uploads search/, models/ and optim/ to every worker
     through Ray's runtime_env: nothing is copied by hand.
     """
-    if ray.is_initialized():
+    if address not in (None, "auto") and not _reachable(address):
+        raise ConfigError(f"ray.address {address!r}: nothing answers there (is the head up?)")
+    if ray.is_initialized():  # already connected (tests share one Ray)
         return
     if address is None:
+        # Ray announces its (default, kept) token auth on every local start: noise here.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+            logging.ERROR)
         ray.init(num_cpus=cpus, include_dashboard=False, logging_level="warning")
         return
-    if address != "auto" and not _reachable(address):
-        raise ConfigError(f"ray.address {address!r}: nothing answers there (is the head up?)")
     modules = [str(Path(m.__file__).parent) for m in (search, models, optim)]
     try:
         ray.init(address=address, runtime_env={"py_modules": modules},

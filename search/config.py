@@ -165,6 +165,7 @@ class SearchSection(Section):
     mode: Literal["max", "min"] = "max"
     sampler: Literal["tpe", "random"] = "tpe"
     n_startup_trials: int = Field(4, ge=0)  # random trials before TPE models the space
+    max_failures: int = Field(2, ge=0)  # retries of a trial that dies (from its checkpoint)
     # Adam's textbook defaults make a good first point.
     points_to_evaluate: list[dict[str, float]] = [
         {"lr": 1e-3, "beta1": 0.9, "one_minus_beta2": 1e-3, "eps": 1e-8}
@@ -210,6 +211,19 @@ class SearchConfig(TrialConfig):
                 f"scheduler.grace_period {self.scheduler.grace_period} > "
                 f"train.epochs {self.train.epochs}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _points_inside_space(self) -> SearchConfig:
+        for i, point in enumerate(self.search.points_to_evaluate):
+            for name, value in point.items():
+                r = getattr(self.space, name, None)
+                if not isinstance(r, Range):
+                    raise ValueError(f"search.points_to_evaluate[{i}]: unknown name {name!r}")
+                lo, hi = r.bounds()
+                if not r.fixed and not lo <= value <= hi:
+                    raise ValueError(f"search.points_to_evaluate[{i}].{name} {value} "
+                                     f"is outside space.{name} [{lo}, {hi}]")
         return self
 
     def trial(self) -> TrialConfig:

@@ -146,7 +146,7 @@ def build_tuner(cfg: SearchConfig, storage: str, name: str, tracking_uri: str) -
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, callbacks=[tracking], verbose=1,
-            failure_config=tune.FailureConfig(max_failures=2),
+            failure_config=tune.FailureConfig(max_failures=s.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )

@@ -178,6 +178,9 @@ class Tracker:
 
         self.submit(lambda: self.client.log_batch(self.children[trial_id], metrics=batch))
 
+    def tag_trial(self, trial_id: str, key: str, value: str) -> None:
+        self.submit(lambda: self.client.set_tag(self.children[trial_id], key, value))
+
     def end_trial(self, trial_id: str, how: str) -> None:
         status = "FAILED" if how == "failed" else "FINISHED"
 
@@ -238,8 +241,17 @@ class TrackingCallback(tune.Callback):
         self.tracker.start_trial(trial.trial_id, str(trial), optimizer_params(trial.config))
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        if "epoch" in result:
-            self.tracker.log_epoch(trial.trial_id, result)
+        if "epoch" not in result:
+            return
+        if result.get("iterations_since_restore") == 1 and "node_id" in result:
+            self.tracker.tag_trial(trial.trial_id, "node_id", result["node_id"])
+        if result.get("iterations_since_restore") == 1 and result["epoch"] > 1:
+            # The first result after a retry, continuing from a checkpoint.
+            self.tracker.tag_trial(trial.trial_id, "resumed_from_epoch", str(result["epoch"] - 1))
+        self.tracker.log_epoch(trial.trial_id, result)
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        self.tracker.tag_trial(trial.trial_id, "retries", str(trial.num_failures))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         last = trial.last_result or {}

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
@@ -32,6 +33,7 @@ def load_checkpoint(checkpoint: tune.Checkpoint) -> dict[str, Any]:
 
 def report(metrics: dict[str, Any], checkpoint: dict[str, Any] | None) -> None:
     """Hand one epoch's metrics, and its checkpoint, to Tune."""
+    metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id()}
     if checkpoint is None:
         tune.report(metrics)
         return

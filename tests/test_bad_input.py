@@ -1,0 +1,139 @@
+"""Bad input to `python -m search.run`: exit 2, one line naming the problem, no traceback,
+nothing created in the storage path or in MLflow."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+from search.cli import run_main
+from search.run import main
+from tests.conftest import run_module
+
+GOOD = "data: {dataset: digits}\nmodel: {name: mlp}\ntrain: {epochs: 2}\n"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+PORT = free_port()
+
+# (id, config text or None for no file, extra args, text the one line must contain)
+CASES = [
+    ("missing file", None, [], "no such config file"),
+    ("empty file", "", [], "empty config file"),
+    ("invalid yaml", "model: {name: mlp", [], "invalid YAML"),
+    ("unknown top-level key", GOOD + "colour: blue\n", [], "colour: unknown field"),
+    ("unknown nested key", GOOD + "search: {sampel: tpe}\n", [], "search.sampel: unknown field"),
+    ("wrong type", GOOD + "search: {num_samples: lots}\n", [], "search.num_samples"),
+    ("low > high", GOOD + "space: {lr: {low: 0.1, high: 0.001}}\n", [], "low 0.1 > high 0.001"),
+    ("log range low <= 0", GOOD + "space: {eps: {low: 0, high: 1.0e-6, log: true}}\n", [],
+     "log range needs low > 0"),
+    ("beta1 >= 1", GOOD + "space: {beta1: {low: 0.9, high: 1.0}}\n", [],
+     "beta1 must be in [0, 1)"),
+    ("fixed beta1 >= 1", GOOD + "optimizer: {beta1: 1.0}\n", [], "optimizer.beta1"),
+    ("eps <= 0", GOOD + "space: {eps: {value: 0.0}}\n", [], "eps must be > 0"),
+    ("num_samples <= 0", GOOD + "search: {num_samples: 0}\n", [], "search.num_samples"),
+    ("--num-samples 0", GOOD, ["--num-samples", "0"], "search.num_samples"),
+    ("grace_period > max_t", GOOD + "scheduler: {grace_period: 5}\n", [],
+     "grace_period 5 > train.epochs 2"),
+    ("unknown model", "model: {name: vgg}\n", [], "unknown model 'vgg'"),
+    ("unknown dataset", "data: {dataset: imagenet}\n", [], "data.dataset"),
+    ("unknown sampler", GOOD + "search: {sampler: grid}\n", [], "search.sampler"),
+    ("unknown scheduler", GOOD + "scheduler: {name: pbt}\n", [], "scheduler.name"),
+    ("point outside space", GOOD + "search: {points_to_evaluate: [{lr: 5.0}]}\n", [],
+     "points_to_evaluate[0].lr 5.0 is outside"),
+    ("--set unknown key", GOOD, ["--set", "optimizer.lrr=0.1"], "optimizer.lrr: unknown field"),
+    ("--set without value", GOOD, ["--set", "optimizer.lr"], "expected KEY=VALUE"),
+    ("unreachable ray address", GOOD, ["--address", f"127.0.0.1:{PORT}"],
+     f"ray.address '127.0.0.1:{PORT}': nothing answers"),
+    ("unreachable tracking uri", GOOD, ["--tracking-uri", f"http://127.0.0.1:{PORT}"],
+     "mlflow.tracking_uri http://127.0.0.1:"),
+    ("credentials never printed", GOOD,
+     ["--tracking-uri", f"http://alice:s3cret@127.0.0.1:{PORT}"], "http://***@127.0.0.1"),
+    ("resume without a search", GOOD, ["--resume", "--name", "nothing"], "no search to resume"),
+    ("gpus on a cluster without GPUs", GOOD + "resources: {gpus_per_trial: 0.5}\n", [],
+     "resources.gpus_per_trial 0.5: no node has that many GPUs"),
+    ("more cpus than any node", GOOD + "resources: {cpus_per_trial: 64}\n", [],
+     "resources.cpus_per_trial 64"),
+]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One Ray for the cases that get as far as checking the cluster's resources."""
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, logging_level="error")
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.parametrize("text,args,expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_exits_2_with_one_line(tmp_path, monkeypatch, capsys, local_ray,
+                                         text, args, expected):
+    monkeypatch.chdir(tmp_path)
+    if text is not None:
+        (tmp_path / "conf.yaml").write_text(text)
+    with pytest.raises(SystemExit) as exit_:
+        run_main(lambda: main(["conf.yaml", *args]))
+    out, err = capsys.readouterr()
+    assert exit_.value.code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert expected in lines[0] and "Traceback" not in err
+    assert "s3cret" not in out + err
+    leftovers = {p.name for p in tmp_path.iterdir()} - {"conf.yaml"}
+    assert not leftovers  # no runs/, no mlflow.db
+
+
+def test_existing_name_without_resume_is_refused(tmp_path, monkeypatch, capsys, local_ray):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "conf.yaml").write_text(GOOD)
+    (tmp_path / "runs" / "taken").mkdir(parents=True)
+    with pytest.raises(SystemExit) as exit_:
+        run_main(lambda: main(["conf.yaml", "--name", "taken"]))
+    assert exit_.value.code == 2
+    assert "--name taken" in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_gpu_trial_on_gpuless_local_ray_is_one_line(tmp_path):
+    (tmp_path / "conf.yaml").write_text(GOOD + "resources: {gpus_per_trial: 1}\n")
+    proc = run_module("search.run", "conf.yaml", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    [line] = proc.stderr.strip().splitlines()
+    assert "resources.gpus_per_trial 1: no node has that many GPUs" in line
+
+
+def test_unreachable_tracking_server_fails_before_any_trial(tmp_path):
+    (tmp_path / "conf.yaml").write_text(GOOD)
+    started = time.monotonic()
+    proc = run_module("search.run", "conf.yaml", "--tracking-uri", f"http://127.0.0.1:{PORT}",
+                      cwd=tmp_path, timeout=120)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+    print(f"unreachable tracking URI rejected after {elapsed:.1f}s")
+
+
+def test_more_gpus_than_any_node_has_is_refused_not_pending(tmp_path):
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 1})
+    try:
+        (tmp_path / "conf.yaml").write_text(GOOD + "resources: {gpus_per_trial: 2}\n")
+        proc = run_module("search.run", "conf.yaml", "--address", cluster.address,
+                          cwd=tmp_path, timeout=120)
+    finally:
+        cluster.shutdown()
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    [line] = proc.stderr.strip().splitlines()
+    assert "resources.gpus_per_trial 2: no node has that many GPUs (the most on any node is 1)" \
+        in line
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()

@@ -1,0 +1,193 @@
+"""Reliability against real parts: a multi-node Ray cluster losing a node, an MLflow
+server restarting mid-search, trials that fail or diverge."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from ray.cluster_utils import Cluster
+
+from tests.conftest import ROOT, run_module
+from tests.test_search import children
+
+# Slow enough per epoch (a few seconds on one core) that a node can die mid-trial.
+SLOW = """
+data: {{dataset: synthetic, synthetic_samples: 6000, synthetic_shape: [1, 28, 28]}}
+model: {{name: cnn}}
+train: {{epochs: {epochs}, batch_size: 128}}
+space: {{eps: {{value: 1.0e-8}}}}
+search: {{num_samples: {samples}, max_concurrent: 3, seed: 1, max_failures: 2}}
+scheduler: {{name: fifo}}
+"""
+
+DIGITS = """
+data: {dataset: digits}
+model: {name: cnn}
+train: {epochs: 6, batch_size: 64}
+search: {num_samples: 6, max_concurrent: 2, seed: 2}
+scheduler: {name: fifo}
+mlflow: {register_as: digits-http}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ray_epochs(exp_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Per trial id, the (epoch, val_acc) pairs Ray itself recorded."""
+    out = {}
+    for result in exp_dir.glob("trial_*/result.json"):
+        rows = [json.loads(line) for line in result.read_text().splitlines() if line]
+        out[rows[0]["trial_id"]] = sorted({(r["epoch"], r["val_acc"]) for r in rows})
+    return out
+
+
+def wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process ended early: {proc.returncode}")
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.5)
+
+
+def test_search_survives_losing_a_worker_node(tmp_path):
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+        cluster.wait_for_nodes()
+        (tmp_path / "conf.yaml").write_text(SLOW.format(epochs=4, samples=4))
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "search.run", "conf.yaml", "--name", "c",
+             "--address", cluster.address],
+            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        exp_dir = tmp_path / "runs" / "c"
+        # Three trials run, one per node; kill a worker once they have checkpoints.
+        wait_for(lambda: len(list(exp_dir.glob("trial_*/checkpoint_*"))) >= 3, 240, driver)
+        cluster.remove_node(workers[0], allow_graceful=False)
+        out, _ = driver.communicate(timeout=420)
+        assert driver.returncode == 0, out[-4000:]
+    finally:
+        cluster.shutdown()
+    assert "search c: 4 trials: 4 completed" in out
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    _, kids = children(client, "c")
+    assert len(kids) == 4
+    for kid in kids:
+        assert kid.info.status == "FINISHED" and kid.data.tags["outcome"] == "completed"
+        steps = [m.step for m in client.get_metric_history(kid.info.run_id, "val_acc")]
+        assert sorted(steps) == [1, 2, 3, 4]  # exactly one value per epoch, replays or not
+    assert len({k.data.tags["node_id"] for k in kids}) >= 2  # trials spread over nodes
+    retried = [k for k in kids if int(k.data.tags.get("retries", 0)) >= 1]
+    assert retried, "no trial was retried after its node died"
+    assert any(int(k.data.tags.get("resumed_from_epoch", 0)) >= 1 for k in retried)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on 127.0.0.1; yields (uri, restart)."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+           "--artifacts-destination", str(tmp_path / "artifacts")]
+    procs = []
+
+    def start() -> None:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        procs.append(proc)
+        wait_for(lambda: _answers(port), 60, proc)
+
+    def stop() -> None:
+        os.killpg(procs[-1].pid, signal.SIGKILL)
+        procs[-1].wait()
+
+    start()
+    yield f"http://127.0.0.1:{port}", start, stop
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _answers(port: int) -> bool:
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_search_survives_tracking_server_restart(tmp_path, mlflow_server):
+    uri, start, stop = mlflow_server
+    (tmp_path / "conf.yaml").write_text(DIGITS)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "search.run", "conf.yaml", "--name", "h", "--tracking-uri", uri],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    exp_dir = tmp_path / "runs" / "h"
+    wait_for(lambda: len(list(exp_dir.glob("trial_*/checkpoint_*"))) >= 1, 180, driver)
+    stop()
+    time.sleep(8)  # trials keep reporting while the server is down
+    start()
+    out, _ = driver.communicate(timeout=420)
+    assert driver.returncode == 0, out[-4000:]
+    assert "MLflow unreachable" in out  # writes did fail while it was down, and were queued
+    client = MlflowClient(uri)
+    parents, kids = children(client, "h")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    expected = ray_epochs(exp_dir)
+    assert len(kids) == len(expected) == 6
+    for kid in kids:
+        history = client.get_metric_history(kid.info.run_id, "val_acc")
+        got = sorted((m.step, m.value) for m in history)
+        assert got == expected[kid.data.tags["trial_id"]]
+    version = client.get_model_version_by_alias("digits-http", "champion")
+    assert version.run_id in {k.info.run_id for k in kids}
+
+
+def test_failing_and_diverging_trials_are_marked_and_the_search_finishes(tmp_path):
+    # One textbook point that trains, one that diverges (lr 1e12), then trials whose data
+    # vanished: each raises inside the trial. None of them may stop the search.
+    (tmp_path / "conf.yaml").write_text("""
+data: {dataset: digits}
+model: {name: mlp}
+train: {epochs: 2, batch_size: 64}
+space: {lr: {low: 1.0e-4, high: 1.0e+13, log: true}}
+search:
+  num_samples: 2
+  max_concurrent: 1
+  max_failures: 0
+  points_to_evaluate: [{lr: 1.0e-3}, {lr: 1.0e+12}]
+scheduler: {name: fifo}
+""")
+    proc = run_module("search.run", "conf.yaml", "--name", "f", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 trials: 1 completed, 0 pruned, 1 diverged, 0 failed" in proc.stdout
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    _, kids = children(client, "f")
+    assert sorted(k.data.tags["outcome"] for k in kids) == ["completed", "diverged"]
+
+    proc = run_module("search.run", "conf.yaml", "--name", "g", "--set", "data.dataset=cifar10",
+                      "--set", f"data.root={tmp_path / 'nowhere'}", cwd=tmp_path)
+    assert proc.returncode == 1  # finished, but no trial produced a model
+    assert "2 trials: 0 completed, 0 pruned, 0 diverged, 2 failed" in proc.stdout
+    _, kids = children(client, "g")
+    assert len(kids) == 2
+    assert all(k.info.status == "FAILED" and k.data.tags["outcome"] == "failed" for k in kids)
