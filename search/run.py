@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import optuna
+import yaml
 from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -23,7 +24,7 @@ from search.cli import run_main
 from search.config import ConfigError, SearchConfig
 from search.optuna_search import OptunaSearch
 from search.space import DefineByRun, searched
-from search.tracking import Tracker, TrackingCallback, flatten, redact
+from search.tracking import REDACTED, Tracker, TrackingCallback, flatten, redact
 from search.trainable import run_trial
 
 SAVED_CONFIG = "search.yaml"  # the resolved config, next to Ray's experiment state
@@ -49,14 +50,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def resolve(args: argparse.Namespace) -> tuple[SearchConfig, str, str]:
     """The validated config, the search's storage path and its name. Writes nothing."""
-    overrides = list(args.set)
-    if args.num_samples is not None:
-        overrides.append(f"search.num_samples={args.num_samples}")
-    if args.address:
-        overrides.append(f"ray.address={args.address}")
+    # Where the search runs (cluster, tracking server) may change on --resume; what it
+    # searches may not.
+    where = [f"ray.address={args.address}"] if args.address else []
     if args.tracking_uri:
-        overrides.append(f"mlflow.tracking_uri={args.tracking_uri}")
-    cfg = config_.load(args.config, overrides)
+        where.append(f"mlflow.tracking_uri={args.tracking_uri}")
+    what = list(args.set)
+    if args.num_samples is not None:
+        what.append(f"search.num_samples={args.num_samples}")
+    cfg = config_.load(args.config, what + where)
     storage = args.storage_path or str(Path("runs").resolve())
     local = "://" not in storage
     stem = cfg.name or Path(args.config).stem
@@ -70,8 +72,12 @@ def resolve(args: argparse.Namespace) -> tuple[SearchConfig, str, str]:
         if not tune.Tuner.can_restore(path):
             raise ConfigError(f"--resume: no search to resume at {path}")
         if local:  # the interrupted search's own config, so trials stay comparable
-            cfg = config_.validate(SearchConfig, config_.read_yaml(Path(path, SAVED_CONFIG)),
-                                   path)
+            saved = Path(path, SAVED_CONFIG)
+            cfg = config_.validate(
+                SearchConfig, config_.apply_overrides(config_.read_yaml(saved), where), path)
+            if REDACTED in (cfg.mlflow.tracking_uri or ""):
+                raise ConfigError("--resume: the tracking URI's credentials are not stored; "
+                                  "pass --tracking-uri again")
     else:
         name = name or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
         if local and Path(storage, name).exists():
@@ -82,6 +88,14 @@ def resolve(args: argparse.Namespace) -> tuple[SearchConfig, str, str]:
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(
             update={"root": str(root.resolve())})})
     return cfg.model_copy(update={"name": name}), storage, name
+
+
+def public(cfg: SearchConfig) -> dict:
+    """The config as logged and saved: credentials in the tracking URI removed."""
+    raw = cfg.model_dump(mode="json")
+    if raw["mlflow"]["tracking_uri"]:
+        raw["mlflow"]["tracking_uri"] = redact(raw["mlflow"]["tracking_uri"])
+    return raw
 
 
 def check_tracking(uri: str) -> None:
@@ -135,7 +149,7 @@ def build_tuner(cfg: SearchConfig, storage: str, name: str, tracking_uri: str) -
     )
     tracking = TrackingCallback(
         tracking_uri, cfg.mlflow.experiment or name, f"{storage}/{name}", name,
-        flatten(cfg.model_dump(mode="json")), cfg.train.epochs,
+        flatten(public(cfg)), cfg.train.epochs,
     )
     return tune.Tuner(
         trainable(cfg),
@@ -147,7 +161,9 @@ def build_tuner(cfg: SearchConfig, storage: str, name: str, tracking_uri: str) -
         run_config=tune.RunConfig(
             name=name, storage_path=storage, callbacks=[tracking], verbose=1,
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # Two, not one: a driver killed between a trial's new checkpoint and Ray's next
+            # state snapshot must still find the checkpoint that snapshot names.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         ),
     )
 
@@ -175,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         tuner = build_tuner(cfg, storage, name, tracking_uri)
         if "://" not in storage:
             Path(path).mkdir(parents=True, exist_ok=True)
-            Path(path, SAVED_CONFIG).write_text(config_.dump(cfg))
+            Path(path, SAVED_CONFIG).write_text(yaml.safe_dump(public(cfg), sort_keys=False))
     print(f"search {name}: {cfg.search.num_samples} trials, results in {path}, "
           f"MLflow at {redact(tracking_uri)}", flush=True)
     grid = tuner.fit()

@@ -34,6 +34,7 @@ PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
 SEARCH_TAG = "search.dir"  # identifies a search's parent run across restarts
 DRAIN_S = 300.0  # at the end, how long to wait for a tracking server to come back
 RETRY_S = 3.0  # pause between delivery attempts while the tracking server is down
+REDACTED = "***"  # stands for user:password in a printed or logged tracking URI
 
 
 def redact(uri: str) -> str:
@@ -41,7 +42,7 @@ def redact(uri: str) -> str:
     parts = urlsplit(uri)
     if parts.username or parts.password:
         host = parts.hostname or ""
-        netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+        netloc = f"{REDACTED}@{host}" + (f":{parts.port}" if parts.port else "")
         return urlunsplit(parts._replace(netloc=netloc))
     return uri
 

@@ -135,9 +135,12 @@ def _answers(port: int) -> bool:
 
 def test_search_survives_tracking_server_restart(tmp_path, mlflow_server):
     uri, start, stop = mlflow_server
+    # Credentials in the URI (the server ignores them) must never be printed or logged.
+    secret_uri = uri.replace("http://", "http://alice:s3cret@")
     (tmp_path / "conf.yaml").write_text(DIGITS)
     driver = subprocess.Popen(
-        [sys.executable, "-m", "search.run", "conf.yaml", "--name", "h", "--tracking-uri", uri],
+        [sys.executable, "-m", "search.run", "conf.yaml", "--name", "h",
+         "--tracking-uri", secret_uri],
         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -160,6 +163,12 @@ def test_search_survives_tracking_server_restart(tmp_path, mlflow_server):
         assert got == expected[kid.data.tags["trial_id"]]
     version = client.get_model_version_by_alias("digits-http", "champion")
     assert version.run_id in {k.info.run_id for k in kids}
+    assert "s3cret" not in out
+    assert "s3cret" not in (exp_dir / "search.yaml").read_text()
+    for run in [*parents, *kids]:
+        assert not any("s3cret" in v for v in run.data.params.values())
+        assert not any("s3cret" in v for v in run.data.tags.values())
+    assert parents[0].data.params["mlflow.tracking_uri"].startswith("http://***@127.0.0.1")
 
 
 def test_failing_and_diverging_trials_are_marked_and_the_search_finishes(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -130,6 +131,13 @@ def test_killed_driver_resumes_and_finishes_every_trial(tmp_path):
         assert kid.info.status == "FINISHED", proc.stdout[-5000:]
         steps = [m.step for m in client.get_metric_history(kid.info.run_id, "val_acc")]
         assert len(steps) == len(set(steps))
+    # The Optuna study came back with the searcher: every trial told once, none lost.
+    state_file = max(exp_dir.glob("searcher-state-*.pkl"))  # named by session start time
+    study = pickle.loads(state_file.read_bytes())["_ot_study"]
+    states = [t.state.name for t in study.trials]
+    assert len(states) == 5 and set(states) <= {"COMPLETE", "PRUNED"}
+    sampled = [t.params["lr"] for t in study.trials]
+    assert sorted(sampled) == sorted(float(k.data.params["lr"]) for k in kids)
 
 
 def test_seeded_search_samples_the_same_hyperparameters_twice(tmp_path):
