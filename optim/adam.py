@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from optim.functional import adam
+from optim.functional import adam, check_implementation
+from optim.lowmem import as_moment, init_moments
 
 __all__ = ["Adam", "AdamW"]
 
@@ -60,6 +61,24 @@ def _scalar_dtype() -> torch.dtype:
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
+def _new_step(param: Tensor, *, fused: bool) -> Tensor:
+    """A zero `step` counter laid out as torch.optim.Adam lays it out."""
+    if fused:
+        # On the param's device, float32: the Triton kernel reads it there, which keeps a
+        # captured CUDA graph correct as the count grows.
+        return torch.zeros((), dtype=torch.float32, device=param.device)
+    # On the CPU otherwise: read as a Python number every step, and a device tensor would
+    # cost a sync each time.
+    return torch.tensor(0.0, dtype=_scalar_dtype())
+
+
+class _Verbatim:
+    """Wraps a state tensor so torch's load_state_dict passes it through uncast."""
+
+    def __init__(self, tensor: Tensor) -> None:
+        self.tensor = tensor
+
+
 class Adam(torch.optim.Optimizer):
     r"""Adam (Kingma & Ba, 2015, Algorithm 1), optionally with AMSGrad and decoupled decay.
 
@@ -95,11 +114,24 @@ class Adam(torch.optim.Optimizer):
         maximize: ascend the objective instead of descending.
         foreach: use the multi-tensor (``torch._foreach_*``) path; ``None`` picks it when
             every parameter is on CUDA.
+        fused: one pass over memory per step: on CPU a ``torch.compile``-generated loop
+            (`optim.fused_cpu`), on CUDA a Triton kernel for all of a group's tensors
+            (`optim.triton_adam`, CUDA-graph capturable). Equal to the other paths up to
+            rounding, not bit for bit. ``None`` (default) keeps the unfused paths.
+        state_dtype: storage of the moments: ``"fp32"`` (torch's layout: the param's
+            dtype), ``"bf16"`` or ``"int8"`` (block-wise quantised); see `optim.lowmem`.
+            The update math is fp32 in every case. ``"bf16"`` runs one tensor at a time,
+            or fused with ``fused=True``; ``"int8"`` runs one tensor at a time only.
+            ``foreach=True`` needs ``"fp32"``, and ``foreach=None`` never picks the
+            multi-tensor path for low-memory state.
 
-    The state (``step`` as a 0-dim CPU tensor, ``exp_avg``, ``exp_avg_sq`` and, with
-    amsgrad, ``max_exp_avg_sq``) and param-group keys are those of ``torch.optim.Adam``.
-    ``capturable``, ``differentiable`` and ``fused`` exist only for that compatibility:
-    this implementation is always the non-capturable, non-differentiable, unfused one.
+    With ``state_dtype="fp32"`` the state (``step`` as a 0-dim tensor, ``exp_avg``,
+    ``exp_avg_sq`` and, with amsgrad, ``max_exp_avg_sq``) and param-group keys are those of
+    ``torch.optim.Adam``, fused or not, so state_dicts move between the two. ``step`` lives
+    on the CPU, except with ``fused=True`` where it is a float32 tensor on the param's
+    device as in torch (the Triton kernel reads it there). ``capturable`` and
+    ``differentiable`` exist only for that compatibility: the unfused paths are the
+    non-capturable, non-differentiable ones.
     """
 
     def __init__(
@@ -114,8 +146,11 @@ class Adam(torch.optim.Optimizer):
         decoupled_weight_decay: bool = False,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
+        state_dtype: str = "fp32",
     ) -> None:
         _validate(lr, betas, eps, weight_decay)
+        check_implementation(foreach, fused, state_dtype)
         defaults = {
             "lr": lr,
             "betas": tuple(betas),
@@ -126,9 +161,12 @@ class Adam(torch.optim.Optimizer):
             "foreach": foreach,
             "capturable": False,
             "differentiable": False,
-            "fused": None,
+            "fused": fused,
             "decoupled_weight_decay": decoupled_weight_decay,
         }
+        if state_dtype != "fp32":
+            # Only when set: with the default, param groups stay key-for-key torch's.
+            defaults["state_dtype"] = state_dtype
         super().__init__(params, defaults)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -150,31 +188,69 @@ class Adam(torch.optim.Optimizer):
 
     def _gather(
         self, group: dict[str, Any]
-    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
-        """Collect the params that have a gradient and their state, creating state lazily."""
+    ) -> tuple[list[Tensor], list[Tensor], list[Any], list[Any], list[Any], list[Tensor]]:
+        """Collect the params that have a gradient and their state, creating state lazily.
+
+        Moments come back as tensors, or as `optim.quant.Quantized` for int8 state.
+        """
         params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = [], [], [], [], [], []
+        state_dtype = group.get("state_dtype", "fp32")
         for p in group["params"]:
             if p.grad is None:
                 continue
             state = self.state[p]
             if not state:
-                # `step` lives on the CPU: it is read as a Python number every step, and a
-                # device tensor would cost a sync each time.
-                state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                if group["amsgrad"]:
-                    state["max_exp_avg_sq"] = torch.zeros_like(
-                        p, memory_format=torch.preserve_format
-                    )
+                state["step"] = _new_step(p, fused=bool(group["fused"]))
+                state.update(init_moments(p, state_dtype, group["amsgrad"]))
             params.append(p)
             grads.append(p.grad)
-            exp_avgs.append(state["exp_avg"])
-            exp_avg_sqs.append(state["exp_avg_sq"])
+            exp_avgs.append(as_moment(state, "exp_avg"))
+            exp_avg_sqs.append(as_moment(state, "exp_avg_sq"))
             if group["amsgrad"]:
-                max_exp_avg_sqs.append(state["max_exp_avg_sq"])
+                max_exp_avg_sqs.append(as_moment(state, "max_exp_avg_sq"))
             steps.append(state["step"])
         return params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps
+
+    def state_bytes(self) -> int:
+        """Bytes held by the optimizer's state tensors: moments and int8 block scales.
+
+        The per-tensor ``step`` counters are left out: one scalar per tensor, not per
+        element. So for fp32 params: 8 bytes/param with ``state_dtype="fp32"`` (12 with
+        amsgrad), 4 with ``"bf16"``, and with ``"int8"`` 2 + 8/256 ~= 2.03 for tensors of
+        at least `optim.lowmem.MIN_QUANTIZED_NUMEL` elements (smaller ones stay fp32).
+        """
+        return sum(
+            value.numel() * value.element_size()
+            for state in self.state.values()
+            for key, value in state.items()
+            if key != "step" and torch.is_tensor(value)
+        )
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load like torch.optim.Optimizer, but keep low-memory state in its saved dtypes.
+
+        torch casts every state tensor of a floating-point param to the param's dtype: right
+        for fp32 state, but it would widen bf16 moments, turn int8 codes into floats and
+        round int8 scales to a bf16 param's precision. Tensors of groups saved with a
+        low-memory ``state_dtype`` are therefore only moved to the param's device.
+        """
+        low_memory = {
+            i
+            for group in state_dict["param_groups"]
+            if group.get("state_dtype", "fp32") != "fp32"
+            for i in group["params"]
+        }
+        state = {
+            i: {k: _Verbatim(v) if k != "step" and torch.is_tensor(v) else v for k, v in s.items()}
+            if i in low_memory
+            else s
+            for i, s in state_dict["state"].items()
+        }
+        super().load_state_dict({**state_dict, "state": state})
+        for p, p_state in self.state.items():
+            for key, value in p_state.items():
+                if isinstance(value, _Verbatim):
+                    p_state[key] = value.tensor.to(device=p.device)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float | Tensor] | None = None) -> float | Tensor | None:
@@ -206,6 +282,8 @@ class Adam(torch.optim.Optimizer):
                 amsgrad=group["amsgrad"],
                 maximize=group["maximize"],
                 foreach=group["foreach"],
+                fused=group["fused"],
+                state_dtype=group.get("state_dtype", "fp32"),
             )
         return loss
 
@@ -227,6 +305,8 @@ class AdamW(Adam):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
+        state_dtype: str = "fp32",
     ) -> None:
         super().__init__(
             params,
@@ -238,6 +318,8 @@ class AdamW(Adam):
             amsgrad=amsgrad,
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
+            state_dtype=state_dtype,
         )
 
     def __setstate__(self, state: dict[str, Any]) -> None:

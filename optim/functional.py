@@ -7,7 +7,9 @@ The optimizer classes in `optim.adam` only do bookkeeping (state, param groups) 
 The operation order follows the non-capturable, non-differentiable branches of
 `torch.optim.adam._single_tensor_adam` and `_multi_tensor_adam`, so results equal
 `torch.optim.Adam`'s bit for bit (tests/test_adam.py checks this on CPU): any deviation
-is a bug.
+is a bug. `adam` also dispatches to the fused implementations (`optim.fused_cpu`,
+`optim.triton_adam`) and the low-memory one (`optim.lowmem`): same algorithm, one pass over
+memory or compact state, equal to these up to rounding.
 """
 
 from __future__ import annotations
@@ -15,7 +17,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["adam", "adam_foreach", "adam_single_tensor", "default_foreach"]
+from optim import fused_cpu, lowmem
+
+__all__ = [
+    "adam",
+    "adam_foreach",
+    "adam_single_tensor",
+    "check_implementation",
+    "default_foreach",
+]
 
 
 def _as_float(x: float | Tensor) -> float:
@@ -183,6 +193,34 @@ def default_foreach(params: list[Tensor]) -> bool:
     return all(p.is_cuda and type(p) in (Tensor, torch.nn.Parameter) for p in params)
 
 
+def _by_device(params: list[Tensor], *lists: list) -> dict[torch.device, list[list]]:
+    """Split parallel lists by the params' device: `{device: [params, *lists]}`."""
+    out: dict[torch.device, list[list]] = {}
+    for i, p in enumerate(params):
+        rows = out.setdefault(p.device, [[] for _ in range(1 + len(lists))])
+        rows[0].append(p)
+        for row, values in zip(rows[1:], lists, strict=True):
+            if values:  # max_exp_avg_sqs is empty without amsgrad
+                row.append(values[i])
+    return out
+
+
+def check_implementation(foreach: bool | None, fused: bool | None, state_dtype: str) -> None:
+    """Raise ValueError for a combination of implementation arguments that cannot be honoured.
+
+    Low-memory state has no multi-tensor path; int8 state has no fused path (its update
+    decodes and encodes whole blocks: see `optim.lowmem`).
+    """
+    if state_dtype not in lowmem.STATE_DTYPES:
+        raise ValueError(f"state_dtype must be 'fp32', 'bf16' or 'int8', got {state_dtype!r}")
+    if fused and foreach:
+        raise ValueError("fused=True and foreach=True cannot be used together")
+    if foreach and state_dtype != "fp32":
+        raise ValueError(f"foreach=True supports state_dtype 'fp32' only, got {state_dtype!r}")
+    if fused and state_dtype == "int8":
+        raise ValueError("fused=True supports state_dtype 'fp32' and 'bf16', got 'int8'")
+
+
 def adam(
     params: list[Tensor],
     grads: list[Tensor],
@@ -200,27 +238,47 @@ def adam(
     amsgrad: bool,
     maximize: bool,
     foreach: bool | None = None,
+    fused: bool | None = None,
+    state_dtype: str = "fp32",
 ) -> None:
     """One Adam/AdamW step over parallel lists; the single place that picks an implementation.
 
-    `foreach=None` picks automatically (see `default_foreach`).
+    * ``fused=True``: per device, CPU params go to `optim.fused_cpu` (torch.compile) and
+      CUDA params to `optim.triton_adam` (Triton); state in the param dtype or bf16.
+    * otherwise ``state_dtype`` "bf16" or "int8": `optim.lowmem.adam_low_memory`, one
+      tensor at a time (the moments may be `optim.quant.Quantized`).
+    * otherwise ``foreach`` (``None`` picks it by `default_foreach`): `adam_foreach`, else
+      `adam_single_tensor`; both equal torch.optim.Adam bit for bit on CPU.
     """
+    check_implementation(foreach, fused, state_dtype)
+    hyper = {
+        "lr": lr,
+        "beta1": beta1,
+        "beta2": beta2,
+        "eps": eps,
+        "weight_decay": weight_decay,
+        "decoupled_weight_decay": decoupled_weight_decay,
+        "amsgrad": amsgrad,
+        "maximize": maximize,
+    }
+    lists = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps)
+    if fused:
+        # Imported on first use: Triton reads TRITON_INTERPRET when the kernel is defined,
+        # and the tests set it before that; nor need CPU-only users pay for importing Triton.
+        from optim import triton_adam
+
+        for device, device_lists in _by_device(*lists).items():
+            if device.type == "cpu":
+                fused_cpu.adam_fused_cpu(*device_lists, **hyper)
+            elif device.type == "cuda":
+                triton_adam.adam_triton(*device_lists, **hyper)
+            else:
+                raise ValueError(f"fused=True supports CPU and CUDA params, got {device}")
+        return
+    if state_dtype != "fp32":
+        lowmem.adam_low_memory(*lists, **hyper)
+        return
     if foreach is None:
         foreach = default_foreach(params)
     impl = adam_foreach if foreach else adam_single_tensor
-    impl(
-        params,
-        grads,
-        exp_avgs,
-        exp_avg_sqs,
-        max_exp_avg_sqs,
-        state_steps,
-        lr=lr,
-        beta1=beta1,
-        beta2=beta2,
-        eps=eps,
-        weight_decay=weight_decay,
-        decoupled_weight_decay=decoupled_weight_decay,
-        amsgrad=amsgrad,
-        maximize=maximize,
-    )
+    impl(*lists, **hyper)
