@@ -7,7 +7,9 @@ here that is an error before the search starts.
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import tempfile
 from pathlib import Path
 
 import ray
@@ -50,8 +52,15 @@ def connect(address: str | None, cpus: int | None = None) -> None:
         ray.init(num_cpus=cpus, include_dashboard=False, logging_level="warning")
         return
     modules = [str(Path(m.__file__).parent) for m in (search, models, optim)]
+    # Under `ray job submit` the job's own runtime_env (--working-dir) ships the code;
+    # replacing it would let Ray delete the job's working directory under the driver.
+    in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+    if in_job:
+        # Ray may delete the job's unpacked working directory while the driver still sits
+        # in it (seen with Ray 2.60); paths are resolved by now, so step out of it.
+        os.chdir(tempfile.gettempdir())
     try:
-        ray.init(address=address, runtime_env={"py_modules": modules},
+        ray.init(address=address, runtime_env=None if in_job else {"py_modules": modules},
                  logging_level="warning")
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise ConfigError(f"ray.address {address!r}: cannot join: {str(e).splitlines()[0]}") \
