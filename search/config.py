@@ -298,8 +298,15 @@ def validate(model: type[Section], raw: dict[str, Any], source: str) -> Any:
 
 
 def load(path: str | Path, overrides: list[str] = (), schema: type[Section] = SearchConfig):
-    """Read, override and validate a config file."""
-    raw = apply_overrides(read_yaml(path), list(overrides))
+    """Read, override and validate a config file.
+
+    Overrides apply to the complete config, defaults filled in, so `--set space.lr.low=0.01`
+    changes one bound of the default range rather than replacing the range.
+    """
+    raw = read_yaml(path)
+    if overrides:
+        complete = validate(schema, raw, str(path)).model_dump(mode="json", exclude_none=True)
+        raw = apply_overrides(complete, list(overrides))
     return validate(schema, raw, str(path))
 
 
