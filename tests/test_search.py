@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import signal
@@ -79,6 +80,18 @@ def test_mlflow_has_one_parent_with_a_child_per_trial_and_clean_histories(search
         assert sorted(steps) == list(range(1, len(steps) + 1))  # one value per epoch
         expected = 6 if kid.data.tags["outcome"] == "completed" else len(steps)
         assert len(steps) == expected
+
+
+def test_each_trial_runs_in_its_own_process(search):
+    # Ray starts a fresh worker process per trial (reuse_actors is off), so whatever a
+    # stopped trial held, GPU memory included, is gone before the next trial starts.
+    cwd, _, _ = search
+    pids = {}
+    for result in (cwd / "runs" / "e2e").glob("trial_*/result.json"):
+        rows = [json.loads(line) for line in result.read_text().splitlines() if line]
+        pids[rows[0]["trial_id"]] = {r["pid"] for r in rows}
+    assert len(pids) == 8 and all(len(p) == 1 for p in pids.values())
+    assert len(set.union(*pids.values())) == 8
 
 
 def test_champion_alias_loads_and_predicts(search):

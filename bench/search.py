@@ -1,0 +1,109 @@
+"""Search efficiency: TPE + ASHA against random search without pruning, on digits.
+
+    python -m bench.search                  # 5 seeds, 16 trials each, target val_acc 0.985
+    python -m bench.search --seeds 3 --target 0.97
+
+For each seed both strategies run the same search (conf/digits.yaml: cnn, 15 epochs, 16
+trials, 2 at a time) through `search.run`, on one local Ray. The cost of reaching the target
+is read from MLflow, where the driver logs every epoch of every trial as it arrives. The
+cost is the trial-epochs trained, over all trials, until the first epoch of any trial with
+`val_acc >= target`, and the wall time until then. A strategy that never reaches the
+target is charged all its epochs and marked `*`. The table shows each seed and the median
+of the per-seed ratios TPE+ASHA / random. Writes bench/search.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from search.cli import run_main
+from search.run import main as search_main
+
+OUT = Path(__file__).with_name("search.json")
+CONF = Path(__file__).resolve().parent.parent / "conf" / "digits.yaml"
+STRATEGIES = {"tpe+asha": ("tpe", "asha"), "random+fifo": ("random", "fifo")}
+
+
+def cost_to_target(client: MlflowClient, experiment: str, target: float) -> dict:
+    """Trial-epochs and seconds until some trial first reports val_acc >= target."""
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parent = next(r for r in runs if r.data.tags.get("role") == "search")
+    points = sorted(
+        (m.timestamp, m.value)
+        for r in runs if r.data.tags.get("mlflow.parentRunId")
+        for m in client.get_metric_history(r.info.run_id, "val_acc")
+    )
+    for i, (ts, value) in enumerate(points, start=1):
+        if value >= target:
+            return {"epochs": i, "seconds": (ts - parent.info.start_time) / 1000,
+                    "reached": True}
+    seconds = (points[-1][0] - parent.info.start_time) / 1000 if points else 0.0
+    return {"epochs": len(points), "seconds": seconds, "reached": False}
+
+
+def run(name: str, sampler: str, scheduler: str, seed: int, samples: int, work: Path) -> None:
+    argv = [str(CONF), "--name", name, "--storage-path", str(work / "runs"),
+            "--tracking-uri", f"sqlite:///{work / 'mlflow.db'}", "--num-samples", str(samples),
+            "--set", f"search.seed={seed}", "--set", f"search.sampler={sampler}",
+            "--set", f"scheduler.name={scheduler}", "--set", "mlflow.register_as=null"]
+    try:
+        run_main(lambda: search_main(argv))
+    except SystemExit as e:
+        if e.code not in (0, None):
+            raise
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.search", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--samples", type=int, default=16)
+    p.add_argument("--target", type=float, default=0.985)
+    args = p.parse_args(argv)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    work = Path(tempfile.mkdtemp(prefix="bench-search-"))
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    rows = []
+    for seed in range(args.seeds):
+        row = {"seed": seed}
+        for label, (sampler, scheduler) in STRATEGIES.items():
+            name = f"{label.replace('+', '-')}-{seed}"
+            run(name, sampler, scheduler, seed, args.samples, work)
+            row[label] = cost_to_target(client, name, args.target)
+        row["epoch_ratio"] = row["tpe+asha"]["epochs"] / row["random+fifo"]["epochs"]
+        row["time_ratio"] = row["tpe+asha"]["seconds"] / max(row["random+fifo"]["seconds"], 1e-9)
+        rows.append(row)
+
+    def cell(c: dict) -> str:
+        return f"{c['epochs']:4d}{'*' if not c['reached'] else ' '} {c['seconds']:6.1f}s"
+
+    print(f"\nbench.search on {machine}: digits, {args.samples} trials a search, "
+          f"target val_acc {args.target}; cost = trial-epochs and wall seconds to target")
+    print(f"{'seed':>4s}  {'TPE+ASHA':>14s}  {'random, no pruning':>18s}  "
+          f"{'epoch ratio':>11s}  {'time ratio':>10s}")
+    for r in rows:
+        print(f"{r['seed']:4d}  {cell(r['tpe+asha']):>14s}  {cell(r['random+fifo']):>18s}  "
+              f"{r['epoch_ratio']:11.2f}  {r['time_ratio']:10.2f}")
+    median_epochs = statistics.median(r["epoch_ratio"] for r in rows)
+    median_time = statistics.median(r["time_ratio"] for r in rows)
+    print(f"median ratio TPE+ASHA / random: trial-epochs {median_epochs:.2f}, "
+          f"wall time {median_time:.2f}   (* = target never reached: all epochs charged)")
+    OUT.write_text(json.dumps({"machine": machine, "target": args.target,
+                               "samples": args.samples, "rows": rows,
+                               "median_epoch_ratio": median_epochs,
+                               "median_time_ratio": median_time}, indent=1))
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
