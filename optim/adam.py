@@ -204,10 +204,16 @@ class Adam(torch.optim.Optimizer):
                 state.update(init_moments(p, state_dtype, group["amsgrad"]))
             params.append(p)
             grads.append(p.grad)
-            exp_avgs.append(as_moment(state, "exp_avg"))
-            exp_avg_sqs.append(as_moment(state, "exp_avg_sq"))
-            if group["amsgrad"]:
-                max_exp_avg_sqs.append(as_moment(state, "max_exp_avg_sq"))
+            if state_dtype == "int8":
+                exp_avgs.append(as_moment(state, "exp_avg"))
+                exp_avg_sqs.append(as_moment(state, "exp_avg_sq"))
+                if group["amsgrad"]:
+                    max_exp_avg_sqs.append(as_moment(state, "max_exp_avg_sq"))
+            else:
+                exp_avgs.append(state["exp_avg"])
+                exp_avg_sqs.append(state["exp_avg_sq"])
+                if group["amsgrad"]:
+                    max_exp_avg_sqs.append(state["max_exp_avg_sq"])
             steps.append(state["step"])
         return params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps
 

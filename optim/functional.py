@@ -193,11 +193,13 @@ def default_foreach(params: list[Tensor]) -> bool:
     return all(p.is_cuda and type(p) in (Tensor, torch.nn.Parameter) for p in params)
 
 
-def _by_device(params: list[Tensor], *lists: list) -> dict[torch.device, list[list]]:
-    """Split parallel lists by the params' device: `{device: [params, *lists]}`."""
-    out: dict[torch.device, list[list]] = {}
+def _by_device_type(params: list[Tensor], *lists: list) -> dict[str, list[list]]:
+    """Split parallel lists by the params' device type: `{"cpu": [params, *lists], ...}`."""
+    if all(p.is_cpu for p in params):  # the usual case, checked cheaply
+        return {"cpu": [params, *lists]}
+    out: dict[str, list[list]] = {}
     for i, p in enumerate(params):
-        rows = out.setdefault(p.device, [[] for _ in range(1 + len(lists))])
+        rows = out.setdefault(p.device.type, [[] for _ in range(1 + len(lists))])
         rows[0].append(p)
         for row, values in zip(rows[1:], lists, strict=True):
             if values:  # max_exp_avg_sqs is empty without amsgrad
@@ -267,13 +269,13 @@ def adam(
         # and the tests set it before that; nor need CPU-only users pay for importing Triton.
         from optim import triton_adam
 
-        for device, device_lists in _by_device(*lists).items():
-            if device.type == "cpu":
+        for device_type, device_lists in _by_device_type(*lists).items():
+            if device_type == "cpu":
                 fused_cpu.adam_fused_cpu(*device_lists, **hyper)
-            elif device.type == "cuda":
+            elif device_type == "cuda":  # one launch per device and dtype: see adam_triton
                 triton_adam.adam_triton(*device_lists, **hyper)
             else:
-                raise ValueError(f"fused=True supports CPU and CUDA params, got {device}")
+                raise ValueError(f"fused=True supports CPU and CUDA params, got {device_type}")
         return
     if state_dtype != "fp32":
         lowmem.adam_low_memory(*lists, **hyper)

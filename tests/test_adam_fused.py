@@ -7,8 +7,10 @@ the 5e-3 that PyTorch's own tests allow its fused Adam.
 
 The Triton kernel is checked here without a GPU, under Triton's CPU interpreter: Triton
 reads TRITON_INTERPRET when a kernel is *defined* (at ``@triton.jit``), so the
-`interpreted` fixture sets it and reloads `optim.triton_adam`, then restores both.
-Tests that need a real GPU (trajectories on CUDA, CUDA graphs, speed) skip without one.
+`interpreted` fixture sets it and reloads `optim.triton_adam`, then restores both. The
+interpreter never runs Triton's compiler, so one test also compiles the kernel for an H100
+(sm_90) ahead of time, which needs no GPU. Tests that need a real GPU (trajectories on
+CUDA, CUDA graphs, speed) skip without one.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 import copy
 import importlib
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -220,7 +224,7 @@ def test_cpu_fused_with_bf16_state_matches_single_tensor_bf16_state():
         runs.append((model, optim.Adam(model.parameters(), fused=fused, state_dtype="bf16")))
     for _ in lockstep(runs, make_batches()):
         assert_params_close(runs, **LOW_PRECISION)
-    for (_, opt) in runs:
+    for _, opt in runs:
         assert all(s["exp_avg"].dtype == torch.bfloat16 for s in opt.state.values())
 
 
@@ -291,8 +295,10 @@ def run_kernel_against_reference(launch, device, dtype, state_dtype, hyper, step
     ref_params = [p.clone() for p in params]
 
     def zeros():
-        return [[torch.zeros(p.shape, dtype=state_dtype, device=device) for _ in range(3)]
-                for p in params]
+        return [
+            [torch.zeros(p.shape, dtype=state_dtype, device=device) for _ in range(3)]
+            for p in params
+        ]
 
     states, ref_states = zeros(), zeros()
     counters = [torch.zeros((), device=device) for _ in params]
@@ -348,6 +354,22 @@ def test_triton_kernel_default_block_and_chunk_interpreted(interpreted):
     assert_close(p, q)
 
 
+def test_triton_kernel_channels_last_param_and_grad_of_other_layout_interpreted(interpreted):
+    p = torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)
+    q = p.contiguous()
+    state = [torch.zeros_like(p) for _ in range(3)]  # channels-last too, as Adam makes them
+    ref_state = [torch.zeros_like(q) for _ in range(3)]
+    hyper = kernel_hyper("adamw", {"amsgrad": True})
+    steps, ref_steps = [torch.zeros(())], [torch.zeros(())]
+    g = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        grad = torch.randn(2, 3, 4, 5, generator=g)  # contiguous: unlike its param
+        interpreted.adam_triton([p], [grad], *([s] for s in state), steps, **hyper)
+        reference_step([q], [grad], [ref_state], ref_steps, hyper)
+    assert p.is_contiguous(memory_format=torch.channels_last)
+    assert_close(p, q)
+
+
 def test_triton_rejects_unsupported_dtypes_and_host_steps(interpreted):
     hyper = kernel_hyper("adam", {})
     p = torch.randn(4, dtype=torch.float64)
@@ -357,6 +379,71 @@ def test_triton_rejects_unsupported_dtypes_and_host_steps(interpreted):
     with pytest.raises(ValueError, match="float32 tensor on the param's device"):
         step = torch.zeros((), dtype=torch.float64)
         interpreted.adam_triton([p], [p.clone()], [p * 0], [p * 0], [], [step], **hyper)
+
+
+AOT_COMPILE = """
+import triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from optim import triton_adam
+
+names = ["tensors", "chunks", "lr_ptr", "lr", "beta1", "beta2", "eps", "weight_decay"]
+types = ["*i64", "*i64", "*fp32", "fp32", "fp32", "fp32", "fp32", "fp32"]
+constants = {
+    "P_DTYPE": tl.bfloat16, "S_DTYPE": tl.float32, "LR_IS_TENSOR": True, "MAXIMIZE": True,
+    "HAS_WEIGHT_DECAY": True, "DECOUPLED": True, "AMSGRAD": True, "ALIGNED": True,
+    "CHUNK": triton_adam.CHUNK, "BLOCK": triton_adam.BLOCK,
+}
+signature = dict(zip(names, types)) | dict.fromkeys(constants, "constexpr")
+order = list(signature)
+source = ASTSource(
+    fn=triton_adam._adam_kernel,
+    signature=signature,
+    constexprs={(order.index(k),): v for k, v in constants.items()},
+)
+kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32))
+assert kernel.asm["cubin"], "no cubin"
+assert "ld.global.v4" in kernel.asm["ptx"], "loads not vectorised"
+"""
+
+
+@needs_triton
+@pytest.mark.skipif(HAS_CUDA, reason="covered by the CUDA tests")
+def test_triton_kernel_compiles_for_h100_without_a_gpu():
+    # The interpreter runs the kernel's Python; this runs Triton's real compiler (to PTX and,
+    # with the ptxas Triton ships, a cubin for sm_90), which the interpreter never does.
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run(
+        [sys.executable, "-c", AOT_COMPILE], capture_output=True, text=True, timeout=300, env=env
+    )
+    if "ModuleNotFoundError" in done.stderr or "ImportError" in done.stderr:
+        pytest.skip(f"this Triton cannot compile ahead of time: {done.stderr[-300:]}")
+    assert done.returncode == 0, done.stderr
+
+
+def test_optim_works_without_triton():
+    # Blocking the import stands in for an installation without Triton.
+    code = """
+import sys
+sys.modules["triton"] = None
+import torch, optim
+from optim import triton_adam
+assert not triton_adam.HAS_TRITON
+p = torch.nn.Parameter(torch.ones(3))
+p.grad = torch.ones(3)
+for fused in (None, True):
+    optim.Adam([p], fused=fused).step()
+try:
+    triton_adam.adam_triton([p], [p.grad], [p * 0], [p * 0], [], [torch.zeros(())], lr=0.1,
+        beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False,
+        amsgrad=False, maximize=False)
+except RuntimeError as error:
+    assert "needs Triton" in str(error)
+else:
+    raise AssertionError("adam_triton ran without Triton")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
 
 
 # ---------------------------------------------------------------- CUDA (skipped without one)

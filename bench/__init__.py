@@ -1,0 +1,1 @@
+"""Benchmarks: measure optim/, models/ and search/ side by side with their peers."""
