@@ -67,6 +67,19 @@ class OptimizerConfig(Section):
     weight_decay: float = Field(0.0, ge=0)
     amsgrad: bool = False
     foreach: bool | None = None  # None: optim.Adam chooses
+    fused: bool | None = None  # True: torch.compile'd step on CPU, Triton kernel on CUDA
+    state_dtype: Literal["fp32", "bf16", "int8"] = "fp32"  # how the moments are stored
+
+    @model_validator(mode="after")
+    def _paths_compatible(self) -> OptimizerConfig:
+        # The same rules optim.Adam enforces, checked before any trial starts.
+        if self.fused and self.foreach:
+            raise ValueError("fused and foreach cannot both be true")
+        if self.foreach and self.state_dtype != "fp32":
+            raise ValueError(f"foreach supports state_dtype fp32 only, got {self.state_dtype}")
+        if self.fused and self.state_dtype == "int8":
+            raise ValueError("fused supports state_dtype fp32 and bf16, got int8")
+        return self
 
 
 class TrainConfig(Section):

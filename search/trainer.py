@@ -44,6 +44,8 @@ def build_optimizer(cfg: TrialConfig, params) -> optim.Adam:
         weight_decay=o.weight_decay,
         amsgrad=o.amsgrad,
         foreach=o.foreach,
+        fused=o.fused,
+        state_dtype=o.state_dtype,
     )
 
 
