@@ -214,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
                 cfg.search.metric: r.value, **r.params} for r in rows[:10]]
         tracker.finish({"params": best.params, "metric": cfg.search.metric,
                         "value": best.value, "trial_id": best.trial_id}, top, text)
+    else:
+        tracker.fail_search()
     if not tracker.drain(timeout_s=300):
         print(f"warning: {len(tracker.pending)} MLflow writes could not be delivered")
     results.print_summary(rows, cfg, best_yaml, tracking_uri)

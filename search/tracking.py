@@ -194,6 +194,10 @@ class Tracker:
 
     # ------------------------------------------------------------ the search
 
+    def fail_search(self) -> None:
+        """End the parent run as FAILED (no trial produced a model), never left RUNNING."""
+        self.submit(lambda: self.client.set_terminated(self.parent_run_id, "FAILED"))
+
     def finish(self, best: dict[str, Any], top: list[dict[str, Any]], best_yaml: str,
                status: str = "FINISHED") -> None:
         run_id = self.parent_run_id

@@ -197,6 +197,7 @@ scheduler: {name: fifo}
                       "--set", f"data.root={tmp_path / 'nowhere'}", cwd=tmp_path)
     assert proc.returncode == 1  # finished, but no trial produced a model
     assert "2 trials: 0 completed, 0 pruned, 0 diverged, 2 failed" in proc.stdout
-    _, kids = children(client, "g")
+    parents, kids = children(client, "g")
+    assert [p.info.status for p in parents] == ["FAILED"]  # not left RUNNING
     assert len(kids) == 2
     assert all(k.info.status == "FAILED" and k.data.tags["outcome"] == "failed" for k in kids)
