@@ -120,8 +120,9 @@ class Adam(torch.optim.Optimizer):
             rounding, not bit for bit. ``None`` (default) keeps the unfused paths.
         state_dtype: storage of the moments: ``"fp32"`` (torch's layout: the param's
             dtype), ``"bf16"`` or ``"int8"`` (block-wise quantised); see `optim.lowmem`.
-            The update math is fp32 in every case. ``"bf16"`` runs one tensor at a time,
-            or fused with ``fused=True``; ``"int8"`` runs one tensor at a time only.
+            The update math is fp32 in every case. Both run one tensor at a time, or
+            fused with ``fused=True`` (for int8: `optim.lowmem` compiled on CPU,
+            `optim.triton_adam8` on CUDA).
             ``foreach=True`` needs ``"fp32"``, and ``foreach=None`` never picks the
             multi-tensor path for low-memory state.
 

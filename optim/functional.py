@@ -210,8 +210,8 @@ def _by_device_type(params: list[Tensor], *lists: list) -> dict[str, list[list]]
 def check_implementation(foreach: bool | None, fused: bool | None, state_dtype: str) -> None:
     """Raise ValueError for a combination of implementation arguments that cannot be honoured.
 
-    Low-memory state has no multi-tensor path; int8 state has no fused path (its update
-    decodes and encodes whole blocks: see `optim.lowmem`).
+    Low-memory state has no multi-tensor (foreach) path; it is one tensor at a time, or
+    fused.
     """
     if state_dtype not in lowmem.STATE_DTYPES:
         raise ValueError(f"state_dtype must be 'fp32', 'bf16' or 'int8', got {state_dtype!r}")
@@ -219,8 +219,6 @@ def check_implementation(foreach: bool | None, fused: bool | None, state_dtype: 
         raise ValueError("fused=True and foreach=True cannot be used together")
     if foreach and state_dtype != "fp32":
         raise ValueError(f"foreach=True supports state_dtype 'fp32' only, got {state_dtype!r}")
-    if fused and state_dtype == "int8":
-        raise ValueError("fused=True supports state_dtype 'fp32' and 'bf16', got 'int8'")
 
 
 def adam(
@@ -246,7 +244,9 @@ def adam(
     """One Adam/AdamW step over parallel lists; the single place that picks an implementation.
 
     * ``fused=True``: per device, CPU params go to `optim.fused_cpu` (torch.compile) and
-      CUDA params to `optim.triton_adam` (Triton); state in the param dtype or bf16.
+      CUDA params to `optim.triton_adam` (Triton), state in the param dtype or bf16; with
+      int8 state, CPU params go to `optim.lowmem` compiled and CUDA params to
+      `optim.triton_adam8` (its tensors too small to quantise to `optim.triton_adam`).
     * otherwise ``state_dtype`` "bf16" or "int8": `optim.lowmem.adam_low_memory`, one
       tensor at a time (the moments may be `optim.quant.Quantized`).
     * otherwise ``foreach`` (``None`` picks it by `default_foreach`): `adam_foreach`, else
@@ -271,9 +271,17 @@ def adam(
 
         for device_type, device_lists in _by_device_type(*lists).items():
             if device_type == "cpu":
-                fused_cpu.adam_fused_cpu(*device_lists, **hyper)
+                if state_dtype == "int8":
+                    lowmem.adam_low_memory(*device_lists, **hyper, fused=True)
+                else:
+                    fused_cpu.adam_fused_cpu(*device_lists, **hyper)
             elif device_type == "cuda":  # one launch per device and dtype: see adam_triton
-                triton_adam.adam_triton(*device_lists, **hyper)
+                if state_dtype == "int8":
+                    from optim import triton_adam8
+
+                    triton_adam8.adam8_triton(*device_lists, **hyper)
+                else:
+                    triton_adam.adam_triton(*device_lists, **hyper)
             else:
                 raise ValueError(f"fused=True supports CPU and CUDA params, got {device_type}")
         return

@@ -24,11 +24,13 @@ State keys for an int8-quantised tensor: ``exp_avg`` (uint8 codes, param shape) 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from optim.fused_cpu import adam_update
+from optim.fused_cpu import RECOMPILE_LIMIT, adam_update
 from optim.quant import Quantized, dequantize, dynamic_code, quantize
 
 __all__ = [
@@ -75,7 +77,8 @@ def init_moments(param: Tensor, state_dtype: str, amsgrad: bool) -> dict[str, Te
     state = {}
     for n in names:
         # All-zero codes with absmax 0 decode to zeros whatever the code table.
-        state[n] = torch.zeros(real.shape, dtype=torch.uint8, device=param.device)
+        # Codes laid out like the param: blocks follow its memory order (`optim.quant`).
+        state[n] = torch.zeros_like(real, dtype=torch.uint8)
         state[f"{n}_absmax"] = torch.zeros(blocks, dtype=torch.float32, device=param.device)
     return state
 
@@ -86,19 +89,113 @@ def as_moment(state: dict[str, Tensor], name: str) -> Moment:
     return state[name] if absmax is None else Quantized(state[name], absmax)
 
 
-def _load(moment: Moment, opmath: torch.dtype, *, root: bool) -> Tensor:
+def _load(moment: Moment, opmath: torch.dtype, code: Tensor, *, root: bool) -> Tensor:
     """The moment in `opmath`; for a quantised second moment the stored root is squared."""
     if isinstance(moment, Quantized):
-        value = dequantize(moment, _code(root, moment.codes.device)).to(opmath)
+        value = dequantize(moment, code).to(opmath)
         return value * value if root else value
     return moment.to(opmath)
 
 
-def _store(moment: Moment, value: Tensor, *, root: bool) -> None:
+def _store(moment: Moment, value: Tensor, code: Tensor, *, root: bool) -> None:
     if isinstance(moment, Quantized):
-        quantize(value.sqrt() if root else value, _code(root, value.device), moment)
+        quantize(value.sqrt() if root else value, code, moment)
     else:
         moment.copy_(value)
+
+
+def _update_one(
+    param: Tensor,
+    grad: Tensor,
+    exp_avg: Moment,
+    exp_avg_sq: Moment,
+    max_exp_avg_sq: Moment | None,
+    coefficients: Tensor,
+    signed_code: Tensor,
+    unsigned_code: Tensor,
+    *,
+    maximize: bool,
+    weight_decay: bool,
+    decoupled: bool,
+) -> None:
+    """Decode one tensor's moments, apply `optim.fused_cpu.adam_update`, encode them again.
+
+    `coefficients` holds the step size, sqrt(bias correction 2), then the values of
+    `optim.fused_cpu._HYPER`; it is cast to the tensor's opmath dtype here.
+    """
+    real = torch.view_as_real(param) if param.is_complex() else param
+    grad = torch.view_as_real(grad) if grad.is_complex() else grad
+    opmath = _opmath(real.dtype)
+    coefficients = coefficients.to(opmath)
+    p, m, v, vmax = adam_update(
+        real,
+        grad,
+        _load(exp_avg, opmath, signed_code, root=False),
+        _load(exp_avg_sq, opmath, unsigned_code, root=True),
+        None if max_exp_avg_sq is None else _load(max_exp_avg_sq, opmath, unsigned_code, root=True),
+        coefficients[0],
+        coefficients[1],
+        coefficients[2:],
+        maximize=maximize,
+        weight_decay=weight_decay,
+        decoupled=decoupled,
+    )
+    real.copy_(p)
+    _store(exp_avg, m, signed_code, root=False)
+    _store(exp_avg_sq, v, unsigned_code, root=True)
+    if max_exp_avg_sq is not None:
+        _store(max_exp_avg_sq, vmax, unsigned_code, root=True)
+
+
+def _update_all(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Moment],
+    exp_avg_sqs: list[Moment],
+    max_exp_avg_sqs: list[Moment],
+    coefficients: Tensor,
+    signed_code: Tensor,
+    unsigned_code: Tensor,
+    maximize: bool,
+    weight_decay: bool,
+    decoupled: bool,
+) -> None:
+    """`_update_one` for every tensor; row i of `coefficients` is tensor i's (compiled whole
+    for ``fused=True``)."""
+    for i, param in enumerate(params):
+        _update_one(
+            param,
+            grads[i],
+            exp_avgs[i],
+            exp_avg_sqs[i],
+            max_exp_avg_sqs[i] if max_exp_avg_sqs else None,
+            coefficients[i],
+            signed_code,
+            unsigned_code,
+            maximize=maximize,
+            weight_decay=weight_decay,
+            decoupled=decoupled,
+        )
+
+
+_compiled: Callable[..., None] | None = None
+
+
+def _run_compiled(*args: Any) -> None:
+    """`_update_all` compiled by Inductor: dequantise, update and requantise each tensor in
+    a few fused loops, with no fp32 copy of the moments written to memory in between."""
+    global _compiled
+    if _compiled is None:
+        _compiled = torch.compile(
+            _update_all, dynamic=False, fullgraph=True, options={"size_asserts": False}
+        )
+    config = torch._dynamo.config
+    limit = config.recompile_limit
+    config.recompile_limit = max(limit, RECOMPILE_LIMIT)
+    try:
+        _compiled(*args)
+    finally:
+        config.recompile_limit = limit
 
 
 def adam_low_memory(
@@ -117,50 +214,43 @@ def adam_low_memory(
     decoupled_weight_decay: bool,
     amsgrad: bool,
     maximize: bool,
+    fused: bool = False,
 ) -> None:
-    """One Adam step, one tensor at a time, with moments stored in bf16 or int8.
+    """One Adam step with moments stored in bf16 or int8, one tensor at a time.
 
     Each tensor: decode its moments to fp32, apply `optim.fused_cpu.adam_update` (the same
-    math as every other path), write the param back and encode the new moments. Decoding
-    one tensor at a time bounds the extra memory by the largest tensor's fp32 moments.
+    math as every other path), write the param back and encode the new moments. Eagerly
+    (the default), decoding one tensor at a time bounds the extra memory by the largest
+    tensor's fp32 moments. ``fused=True`` runs the same code through `torch.compile` (CPU),
+    which fuses each tensor's decode, update and encode into a few loops over memory.
     """
+    if not params:
+        return
     lr, beta1, beta2 = float(lr), float(beta1), float(beta2)
-    for i, param in enumerate(params):
-        state_steps[i] += 1
-        step = state_steps[i].item()
-        real = torch.view_as_real(param) if param.is_complex() else param
-        grad = torch.view_as_real(grads[i]) if grads[i].is_complex() else grads[i]
-        opmath = _opmath(real.dtype)
-        scalars = torch.tensor(
-            [
-                lr / (1 - beta1**step),
-                (1 - beta2**step) ** 0.5,
-                1 - beta1,
-                beta2,
-                1 - beta2,
-                eps,
-                weight_decay,
-                1 - lr * weight_decay,
-            ],
-            dtype=opmath,
-            device=param.device,
-        )
-        vmax_in = max_exp_avg_sqs[i] if amsgrad else None
-        p, m, v, vmax = adam_update(
-            real,
-            grad,
-            _load(exp_avgs[i], opmath, root=False),
-            _load(exp_avg_sqs[i], opmath, root=True),
-            None if vmax_in is None else _load(vmax_in, opmath, root=True),
-            scalars[0],
-            scalars[1],
-            scalars[2:],
-            maximize=maximize,
-            weight_decay=weight_decay != 0,
-            decoupled=decoupled_weight_decay,
-        )
-        real.copy_(p)
-        _store(exp_avgs[i], m, root=False)
-        _store(exp_avg_sqs[i], v, root=True)
-        if vmax_in is not None:
-            _store(vmax_in, vmax, root=True)
+    torch._foreach_add_(state_steps, 1)
+    steps = torch.stack(state_steps).tolist()
+    hyper = [1 - beta1, beta2, 1 - beta2, eps, weight_decay, 1 - lr * weight_decay]
+    # Python doubles, then one cast per tensor to its opmath: as the reference computes them.
+    coefficients = torch.tensor(
+        [[lr / (1 - beta1**t), (1 - beta2**t) ** 0.5, *hyper] for t in steps],
+        dtype=torch.float64,
+        device=params[0].device,
+    )
+    device = params[0].device
+    args = (
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        max_exp_avg_sqs if amsgrad else [],
+        coefficients,
+        _code(False, device),
+        _code(True, device),
+        maximize,
+        weight_decay != 0,
+        decoupled_weight_decay,
+    )
+    if fused:
+        _run_compiled(*args)
+    else:
+        _update_all(*args)

@@ -27,6 +27,7 @@ __all__ = [
     "dequantize",
     "dequantize_blockwise",
     "dynamic_code",
+    "memory_order",
     "quantize",
     "quantize_blockwise",
 ]
@@ -106,13 +107,28 @@ def dequantize_blockwise(
     return (values * absmax.unsqueeze(1)).view(-1)[: codes.numel()].view(codes.shape)
 
 
+def memory_order(t: Tensor) -> list[int]:
+    """The permutation of `t`'s dims from outermost to innermost in memory (identity for a
+    contiguous tensor, (0, 2, 3, 1) for channels-last NCHW)."""
+    return sorted(range(t.dim()), key=lambda d: -t.stride(d))  # stable: ties keep order
+
+
 def quantize(x: Tensor, code: Tensor, out: Quantized) -> None:
-    """Quantise `x` into the existing tensors of `out` (state tensors keep their identity)."""
-    codes, absmax = quantize_blockwise(x, code)
-    out.codes.copy_(codes)
+    """Quantise `x` into the existing tensors of `out` (state tensors keep their identity).
+
+    Blocks run through ``out.codes`` in its memory order, which is the param's (the codes
+    are created like it): the same elements form a block here and in the Triton kernel,
+    which walks tensors in memory order, channels-last ones included.
+    """
+    order = memory_order(out.codes)
+    codes, absmax = quantize_blockwise(x.permute(order), code)
+    out.codes.permute(order).copy_(codes)
     out.absmax.copy_(absmax)
 
 
 def dequantize(q: Quantized, code: Tensor) -> Tensor:
-    """`dequantize_blockwise` of a `Quantized`."""
-    return dequantize_blockwise(q.codes, q.absmax, code)
+    """`dequantize_blockwise` of a `Quantized`, blocks in the codes' memory order."""
+    order = memory_order(q.codes)
+    values = dequantize_blockwise(q.codes.permute(order), q.absmax, code)
+    inverse = sorted(range(len(order)), key=order.__getitem__)
+    return values.permute(inverse)

@@ -90,6 +90,56 @@ if HAS_TRITON:
             tl.store(ptrs, x)
 
     @triton.jit
+    def adam_math(
+        p,
+        g,
+        m,
+        v,
+        vmax,
+        lr,
+        beta1,
+        beta2,
+        eps,
+        weight_decay,
+        step_size,
+        bias_correction2_sqrt,
+        MAXIMIZE: tl.constexpr,
+        HAS_WEIGHT_DECAY: tl.constexpr,
+        DECOUPLED: tl.constexpr,
+        AMSGRAD: tl.constexpr,
+    ):
+        """The update of the module docstring on fp32 values: new (p, m, v, vmax); `vmax` is
+        returned unchanged without amsgrad. Shared with the int8 kernel (`optim.triton_adam8`)."""
+        if MAXIMIZE:
+            g = -g
+        if HAS_WEIGHT_DECAY:
+            if DECOUPLED:
+                p = p * (1.0 - lr * weight_decay)
+            else:
+                g = g + weight_decay * p
+        m = m + (1.0 - beta1) * (g - m)
+        v = beta2 * v + (1.0 - beta2) * g * g
+        if AMSGRAD:
+            vmax = tl.maximum(vmax, v)
+            denom = tl.div_rn(tl.sqrt_rn(vmax), bias_correction2_sqrt) + eps
+        else:
+            denom = tl.div_rn(tl.sqrt_rn(v), bias_correction2_sqrt) + eps
+        p = p - step_size * tl.div_rn(m, denom)
+        return p, m, v, vmax
+
+    @triton.jit
+    def step_scalars(step_ptr, lr_ptr, lr, beta1, beta2, LR_IS_TENSOR: tl.constexpr):
+        """(lr, step size, sqrt(bias correction 2)) from the step count in device memory.
+
+        beta^t as exp2(t log2 beta): beta = 0 gives 0, as it should."""
+        step = tl.load(step_ptr)
+        if LR_IS_TENSOR:
+            lr = tl.load(lr_ptr).to(tl.float32)
+        bias_correction1 = 1.0 - tl.exp2(step * tl.log2(beta1))
+        bias_correction2 = 1.0 - tl.exp2(step * tl.log2(beta2))
+        return lr, tl.div_rn(lr, bias_correction1), tl.sqrt_rn(bias_correction2)
+
+    @triton.jit
     def _update_block(
         p_ptrs,
         g_ptrs,
@@ -112,27 +162,18 @@ if HAS_TRITON:
         AMSGRAD: tl.constexpr,
         MASKED: tl.constexpr,
     ):
-        """The update of the module docstring on one block of elements, in fp32."""
+        """`adam_math` on one block of elements, loaded from and stored to memory."""
         g = _load(g_ptrs, mask, MASKED)
         p = _load(p_ptrs, mask, MASKED)
         m = _load(m_ptrs, mask, MASKED)
         v = _load(v_ptrs, mask, MASKED)
-        if MAXIMIZE:
-            g = -g
-        if HAS_WEIGHT_DECAY:
-            if DECOUPLED:
-                p = p * (1.0 - lr * weight_decay)
-            else:
-                g = g + weight_decay * p
-        m = m + (1.0 - beta1) * (g - m)
-        v = beta2 * v + (1.0 - beta2) * g * g
+        vmax = _load(vmax_ptrs, mask, MASKED) if AMSGRAD else v
+        p, m, v, vmax = adam_math(
+            p, g, m, v, vmax, lr, beta1, beta2, eps, weight_decay, step_size,
+            bias_correction2_sqrt, MAXIMIZE, HAS_WEIGHT_DECAY, DECOUPLED, AMSGRAD,
+        )  # fmt: skip
         if AMSGRAD:
-            vmax = tl.maximum(_load(vmax_ptrs, mask, MASKED), v)
             _store(vmax_ptrs, vmax, mask, S_DTYPE, MASKED)
-            denom = tl.div_rn(tl.sqrt_rn(vmax), bias_correction2_sqrt) + eps
-        else:
-            denom = tl.div_rn(tl.sqrt_rn(v), bias_correction2_sqrt) + eps
-        p = p - step_size * tl.div_rn(m, denom)
         _store(p_ptrs, p, mask, P_DTYPE, MASKED)
         _store(m_ptrs, m, mask, S_DTYPE, MASKED)
         _store(v_ptrs, v, mask, S_DTYPE, MASKED)
@@ -176,14 +217,9 @@ if HAS_TRITON:
             v_ptr = tl.multiple_of(v_ptr, 16)
             vmax_ptr = tl.multiple_of(vmax_ptr, 16)
 
-        # Scalars, once per program. beta^t as exp2(t log2 beta): beta = 0 gives 0, as it should.
-        step = tl.load(step_ptr)
-        if LR_IS_TENSOR:
-            lr = tl.load(lr_ptr).to(tl.float32)
-        bias_correction1 = 1.0 - tl.exp2(step * tl.log2(beta1))
-        bias_correction2 = 1.0 - tl.exp2(step * tl.log2(beta2))
-        step_size = tl.div_rn(lr, bias_correction1)
-        bias_correction2_sqrt = tl.sqrt_rn(bias_correction2)
+        lr, step_size, bias_correction2_sqrt = step_scalars(
+            step_ptr, lr_ptr, lr, beta1, beta2, LR_IS_TENSOR
+        )  # once per program
 
         for off in tl.range(0, CHUNK, BLOCK):
             offs = start + off + tl.arange(0, BLOCK)

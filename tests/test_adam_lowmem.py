@@ -196,6 +196,52 @@ def test_low_memory_state_on_complex_param_and_step_counts(state_dtype):
     assert opt.state[z]["exp_avg"].shape == (80, 60, 2)
 
 
+def test_int8_blocks_follow_the_params_memory_order():
+    # A channels-last conv weight: its codes are laid out like it, and block b holds the
+    # elements at memory positions [256 b, 256 b + 256), as the Triton kernel walks them.
+    w = torch.randn(32, 16, 3, 3).to(memory_format=torch.channels_last)
+    state = lowmem.init_moments(w, "int8", amsgrad=False)
+    q = lowmem.as_moment(state, "exp_avg")
+    assert q.codes.stride() == w.stride()
+    quant.quantize(w, SIGNED, q)
+    flat = w.permute(0, 2, 3, 1).reshape(-1)  # memory order of NHWC
+    codes, absmax = quant.quantize_blockwise(flat, SIGNED)
+    assert torch.equal(q.codes.permute(0, 2, 3, 1).reshape(-1), codes)
+    assert torch.equal(q.absmax, absmax)
+    assert_close(quant.dequantize(q, SIGNED), w, atol=w.abs().max().item() * 0.1, rtol=0)
+    assert torch.equal(
+        quant.dequantize(q, SIGNED).permute(0, 2, 3, 1).reshape(-1),
+        quant.dequantize_blockwise(codes, absmax, SIGNED),
+    )
+
+
+@pytest.mark.parametrize("amsgrad", [False, True], ids=["adam", "amsgrad"])
+def test_cpu_fused_int8_matches_eager_int8(amsgrad):
+    # The same code compiled: equal up to the rounding of fused arithmetic, which can move a
+    # value that sits on the boundary between two codes into the neighbouring code.
+    runs = []
+    for fused in (None, True):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(64, 96), nn.Tanh(), nn.Linear(96, 3))
+        opt = optim.AdamW(model.parameters(), lr=1e-3, amsgrad=amsgrad, state_dtype="int8",
+                          fused=fused)  # fmt: skip
+        runs.append((model, opt))
+    g = torch.Generator().manual_seed(1)
+    batches = [
+        (torch.randn(16, 64, generator=g), torch.randn(16, 3, generator=g)) for _ in range(20)
+    ]
+    for _ in lockstep(runs, batches):
+        pass
+    (model, opt), (ref, ref_opt) = runs
+    for p, q in zip(model.parameters(), ref.parameters(), strict=True):
+        assert_close(p, q, atol=1e-5, rtol=0)
+        for key, value in ref_opt.state[q].items():
+            if value.dtype == torch.uint8:
+                same = (opt.state[p][key] == value).float().mean().item()
+                assert same >= 0.99, (key, same)
+    assert opt.state[model[0].weight]["step"].dtype == torch.float32  # fused keeps torch's
+
+
 # ---------------------------------------------------------------- acceptance: digits
 
 
