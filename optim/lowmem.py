@@ -24,13 +24,11 @@ State keys for an int8-quantised tensor: ``exp_avg`` (uint8 codes, param shape) 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from optim.fused_cpu import RECOMPILE_LIMIT, adam_update
+from optim.fused_cpu import adam_update, run_compiled
 from optim.quant import Quantized, dequantize, dynamic_code, quantize
 
 __all__ = [
@@ -178,26 +176,6 @@ def _update_all(
         )
 
 
-_compiled: Callable[..., None] | None = None
-
-
-def _run_compiled(*args: Any) -> None:
-    """`_update_all` compiled by Inductor: dequantise, update and requantise each tensor in
-    a few fused loops, with no fp32 copy of the moments written to memory in between."""
-    global _compiled
-    if _compiled is None:
-        _compiled = torch.compile(
-            _update_all, dynamic=False, fullgraph=True, options={"size_asserts": False}
-        )
-    config = torch._dynamo.config
-    limit = config.recompile_limit
-    config.recompile_limit = max(limit, RECOMPILE_LIMIT)
-    try:
-        _compiled(*args)
-    finally:
-        config.recompile_limit = limit
-
-
 def adam_low_memory(
     params: list[Tensor],
     grads: list[Tensor],
@@ -250,7 +228,7 @@ def adam_low_memory(
         weight_decay != 0,
         decoupled_weight_decay,
     )
-    if fused:
-        _run_compiled(*args)
+    if fused:  # dequantise, update and requantise each tensor in a few fused loops
+        run_compiled(_update_all, *args)
     else:
         _update_all(*args)

@@ -28,6 +28,7 @@ __all__ = [
     "dequantize_blockwise",
     "dynamic_code",
     "memory_order",
+    "nearest_code",
     "quantize",
     "quantize_blockwise",
 ]
@@ -82,20 +83,39 @@ def _blocks(flat: Tensor, block_size: int) -> Tensor:
     return flat.view(-1, block_size)
 
 
+def nearest_code(x: Tensor, midpoints: Tensor) -> Tensor:
+    """Per element, how many of the 255 sorted `midpoints` lie below it (as `torch.bucketize`
+    counts): the index of the nearest of the 256 code values.
+
+    Eagerly this is `torch.bucketize`. Under `torch.compile` (``fused=True`` on CPU) it is a
+    branch-free binary search, 8 table loads per element, as in the Triton kernel
+    (`optim.triton_adam8`): Inductor fuses it into the surrounding loop, where it calls
+    out to aten's bucketize otherwise, measured 5x faster on a 2.4M-element tensor. Eagerly
+    the search's 8 whole-tensor passes are 2x slower than bucketize.
+    """
+    if not torch.compiler.is_compiling():
+        return torch.bucketize(x, midpoints)
+    index = torch.zeros_like(x, dtype=torch.int64)
+    for level in range(8):
+        candidate = index + (128 >> level)
+        index = torch.where(midpoints[candidate - 1] < x, candidate, index)
+    return index
+
+
 def quantize_blockwise(
     x: Tensor, code: Tensor, block_size: int = BLOCK_SIZE
 ) -> tuple[Tensor, Tensor]:
     """(codes, absmax): `x` as uint8 indices into `code` (shape of `x`) and per-block scales.
 
-    Nearest-code rounding: `torch.bucketize` against the midpoints between neighbouring
-    code values. An all-zero block gets absmax 0 and decodes to zeros.
+    Nearest-code rounding: `nearest_code` against the midpoints between neighbouring code
+    values. An all-zero block gets absmax 0 and decodes to zeros.
     """
     blocks = _blocks(x.reshape(-1).float(), block_size)
     absmax = blocks.abs().amax(dim=1)
     normalised = blocks / absmax.clamp_min(torch.finfo(torch.float32).tiny).unsqueeze(1)
     code = code.to(x.device)
     midpoints = (code[1:] + code[:-1]) / 2
-    codes = torch.bucketize(normalised, midpoints).to(torch.uint8)
+    codes = nearest_code(normalised, midpoints).to(torch.uint8)
     return codes.view(-1)[: x.numel()].view(x.shape), absmax
 
 

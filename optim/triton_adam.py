@@ -324,6 +324,39 @@ def _tables_for(
     return tensors, chunks, aligned
 
 
+def launch_arguments(
+    device: torch.device,
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled_weight_decay: bool,
+    amsgrad: bool,
+    maximize: bool,
+) -> tuple[list[Any], dict[str, bool]]:
+    """(scalar arguments, flags) as both Adam kernels take them: ``lr_ptr, lr, beta1, beta2,
+    eps, weight_decay`` (a tensor lr on `device` is read in the kernel), and the
+    compile-time switches."""
+    lr_is_tensor = isinstance(lr, Tensor) and lr.device == device
+    scalars = [
+        lr if lr_is_tensor else None,
+        0.0 if lr_is_tensor else float(lr),
+        float(beta1),
+        float(beta2),
+        float(eps),
+        float(weight_decay),
+    ]
+    flags = {
+        "LR_IS_TENSOR": lr_is_tensor,
+        "MAXIMIZE": maximize,
+        "HAS_WEIGHT_DECAY": weight_decay != 0,
+        "DECOUPLED": decoupled_weight_decay,
+        "AMSGRAD": amsgrad,
+    }
+    return scalars, flags
+
+
 def _check_group(param: Tensor, grad: Tensor, exp_avg: Tensor, step: Tensor) -> None:
     if param.dtype not in _TL_DTYPES or exp_avg.dtype not in _TL_DTYPES:
         raise ValueError(
@@ -372,7 +405,6 @@ def adam_triton(
         return
     if chunk % block != 0:
         raise ValueError(f"chunk ({chunk}) must be a multiple of block ({block})")
-    beta1, beta2 = float(beta1), float(beta2)
 
     maxes = max_exp_avg_sqs if amsgrad else exp_avg_sqs
     groups: dict[tuple, list[tuple[Tensor, ...]]] = {}
@@ -397,24 +429,17 @@ def adam_triton(
     torch._foreach_add_(state_steps, 1)
     for (device, p_dtype, s_dtype), rows in groups.items():
         tensors, chunks, aligned = _tables_for(rows, device, chunk)
-        lr_is_tensor = isinstance(lr, Tensor) and lr.device == device
+        scalars, flags = launch_arguments(
+            device, lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize
+        )
         _adam_kernel[(chunks.shape[0],)](
             tensors,
             chunks,
-            lr if lr_is_tensor else None,
-            0.0 if lr_is_tensor else float(lr),
-            beta1,
-            beta2,
-            float(eps),
-            float(weight_decay),
+            *scalars,
             P_DTYPE=_TL_DTYPES[p_dtype],
             S_DTYPE=_TL_DTYPES[s_dtype],
-            LR_IS_TENSOR=lr_is_tensor,
-            MAXIMIZE=maximize,
-            HAS_WEIGHT_DECAY=weight_decay != 0,
-            DECOUPLED=decoupled_weight_decay,
-            AMSGRAD=amsgrad,
             ALIGNED=aligned,
             CHUNK=chunk,
             BLOCK=block,
+            **flags,
         )

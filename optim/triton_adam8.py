@@ -18,9 +18,10 @@ The nearest code is found as `torch.bucketize` finds it against the midpoints be
 neighbouring code values (the count of midpoints below the value): a branch-free binary
 search, 8 loads from a 255-entry table that stays in L1.
 
-As in `optim.triton_adam`, one launch covers a group's quantised tensors through a tensor
-table and a block table, and ``step`` and a tensor ``lr`` are read on the device (CUDA-graph
-capturable). Tensors too small to be quantised keep fp32 moments and go to
+As in `optim.triton_adam`, one launch covers a group's quantised tensors through its tensor
+table (numel, then the addresses of param, grad, codes and scales of each moment, step)
+and chunk table (a chunk being `ROWS` blocks), and ``step`` and a tensor ``lr`` are read on
+the device (CUDA-graph capturable). Tensors too small to be quantised keep fp32 moments and go to
 `optim.triton_adam.adam_triton`. Under ``TRITON_INTERPRET=1`` the kernel runs on CPU
 tensors: that is how the tests check it against the eager int8 path.
 """
@@ -28,7 +29,6 @@ tensors: that is how the tests check it against the eager int8 path.
 from __future__ import annotations
 
 import functools
-from collections import OrderedDict
 
 import torch
 from torch import Tensor
@@ -37,7 +37,7 @@ from optim import triton_adam
 from optim.layout import flat_views
 from optim.lowmem import _code
 from optim.quant import BLOCK_SIZE, Quantized
-from optim.triton_adam import HAS_TRITON, _cached, _to_device
+from optim.triton_adam import HAS_TRITON
 
 if HAS_TRITON:
     import triton
@@ -48,9 +48,6 @@ if HAS_TRITON:
 __all__ = ["ROWS", "adam8_triton"]
 
 ROWS = 4  # quantisation blocks per program: 1024 elements. Not tuned on a GPU yet.
-
-_tensor_tables: OrderedDict[tuple, Tensor] = OrderedDict()
-_block_tables: OrderedDict[tuple, Tensor] = OrderedDict()
 
 if HAS_TRITON:
 
@@ -111,7 +108,7 @@ if HAS_TRITON:
     ):
         pid = tl.program_id(0)
         row = tl.load(blocks + 2 * pid)
-        first = tl.load(blocks + 2 * pid + 1)  # index of the program's first block
+        first = tl.load(blocks + 2 * pid + 1) * ROWS  # index of the program's first block
         entry = tensors + row * 10  # numel, 9 addresses: see adam8_triton
         numel = tl.load(entry)
         p_ptr = tl.load(entry + 1).to(tl.pointer_type(P_DTYPE))
@@ -168,25 +165,6 @@ def _tables(device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         (signed[1:] + signed[:-1]) / 2,
         unsigned,
         (unsigned[1:] + unsigned[:-1]) / 2,
-    )
-
-
-def _launch_tables(rows: list[tuple[Tensor, ...]], device: torch.device) -> tuple[Tensor, Tensor]:
-    """(tensor table, block table), cached like `optim.triton_adam._tables_for`'s."""
-    numels = tuple(row[0].numel() for row in rows)
-    addresses = [[t.data_ptr() for t in row] for row in rows]
-
-    def tensor_table() -> Tensor:
-        return _to_device([[n, *a] for n, a in zip(numels, addresses, strict=True)], device)
-
-    def block_table() -> Tensor:
-        per_tensor = [triton.cdiv(n, BLOCK_SIZE) for n in numels]
-        pairs = [[i, b] for i, n in enumerate(per_tensor) for b in range(0, n, ROWS)]
-        return _to_device(pairs, device)
-
-    key = (device, *(a for row in addresses for a in row), *numels)
-    return _cached(_tensor_tables, key, tensor_table), _cached(
-        _block_tables, (device, *numels), block_table
     )
 
 
@@ -255,26 +233,19 @@ def adam8_triton(
     if not groups:
         return
     torch._foreach_add_(steps, 1)
-    beta1, beta2 = float(beta1), float(beta2)
     for (device, p_dtype), rows in groups.items():
-        tensors, blocks = _launch_tables(rows, device)
-        lr_is_tensor = isinstance(lr, Tensor) and lr.device == device
+        # Program i takes chunk c = blocks[i, 1] of its tensor: blocks c*ROWS .. c*ROWS+ROWS-1.
+        tensors, blocks, _ = triton_adam._tables_for(rows, device, ROWS * BLOCK_SIZE)
+        scalars, flags = triton_adam.launch_arguments(
+            device, lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize
+        )
         _adam8_kernel[(blocks.shape[0],)](
             tensors,
             blocks,
             *_tables(device),
-            lr if lr_is_tensor else None,
-            0.0 if lr_is_tensor else float(lr),
-            beta1,
-            beta2,
-            float(eps),
-            float(weight_decay),
+            *scalars,
             P_DTYPE=_TL_DTYPES[p_dtype],
-            LR_IS_TENSOR=lr_is_tensor,
-            MAXIMIZE=maximize,
-            HAS_WEIGHT_DECAY=weight_decay != 0,
-            DECOUPLED=decoupled_weight_decay,
-            AMSGRAD=amsgrad,
             ROWS=ROWS,
             QBLOCK=BLOCK_SIZE,
+            **flags,
         )

@@ -77,8 +77,6 @@ class OptimizerConfig(Section):
             raise ValueError("fused and foreach cannot both be true")
         if self.foreach and self.state_dtype != "fp32":
             raise ValueError(f"foreach supports state_dtype fp32 only, got {self.state_dtype}")
-        if self.fused and self.state_dtype == "int8":
-            raise ValueError("fused supports state_dtype fp32 and bf16, got int8")
         return self
 
 

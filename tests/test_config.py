@@ -34,7 +34,6 @@ BAD = [
     ("optimizer: {lr: -1}", "optimizer.lr"),
     ("optimizer: {beta1: 1.0}", "optimizer.beta1"),
     ("optimizer: {eps: 0}", "optimizer.eps"),
-    ("optimizer: {fused: true, state_dtype: int8}", "fused supports state_dtype fp32 and bf16"),
     ("optimizer: {foreach: true, state_dtype: bf16}", "foreach supports state_dtype fp32 only"),
     ("optimizer: {state_dtype: fp8}", "optimizer.state_dtype"),
     ("train: {epochs: 0}", "train.epochs"),

@@ -94,9 +94,9 @@ def test_resnets_train_on_synthetic_cifar_shaped_data(model):
     assert state["model_spec"]["in_channels"] == 3 and state["model_spec"]["image_size"] == 32
 
 
-@pytest.mark.parametrize("state_dtype", ["bf16", "int8"])
-def test_low_memory_optimizer_state_trains_through_the_config(state_dtype):
+@pytest.mark.parametrize(("state_dtype", "fused"), [("bf16", None), ("int8", None), ("int8", True)])
+def test_low_memory_optimizer_state_trains_through_the_config(state_dtype, fused):
     cfg = digits_config(epochs=2).model_copy(update={
-        "optimizer": OptimizerConfig(lr=2e-3, state_dtype=state_dtype)})
+        "optimizer": OptimizerConfig(lr=2e-3, state_dtype=state_dtype, fused=fused)})
     history, _ = collect(cfg)
     assert history[-1]["val_acc"] > 0.5
