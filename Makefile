@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint install bench clean
+.PHONY: demo test lint install clean
 
 # Re-install only when the project's declared dependencies change.
 $(STAMP): pyproject.toml

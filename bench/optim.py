@@ -75,6 +75,7 @@ IMPLS = [
     Impl("ours", "single", "bf16"),
     Impl("ours", "fused", "bf16"),
     Impl("ours", "single", "int8"),
+    Impl("ours", "fused", "int8"),
 ]
 
 
