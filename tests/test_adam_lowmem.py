@@ -196,6 +196,20 @@ def test_low_memory_state_on_complex_param_and_step_counts(state_dtype):
     assert opt.state[z]["exp_avg"].shape == (80, 60, 2)
 
 
+@pytest.mark.parametrize("code", [SIGNED, UNSIGNED], ids=["signed", "unsigned"])
+def test_compiled_binary_search_finds_the_same_codes_as_bucketize(code):
+    # nearest_code is torch.bucketize eagerly and an 8-step binary search under
+    # torch.compile (fused=True): both must count the midpoints below each value alike,
+    # including values exactly on a midpoint, outside [-1, 1] and at the extremes.
+    midpoints = (code[1:] + code[:-1]) / 2
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.rand(5000, generator=g) * 2.2 - 1.1, midpoints, code,
+                   torch.tensor([-2.0, 2.0, 0.0])])  # fmt: skip
+    compiled = torch.compile(quant.nearest_code, fullgraph=True)
+    assert torch.equal(compiled(x, midpoints), torch.bucketize(x, midpoints))
+    assert torch.equal(quant.nearest_code(x, midpoints), torch.bucketize(x, midpoints))
+
+
 def test_int8_blocks_follow_the_params_memory_order():
     # A channels-last conv weight: its codes are laid out like it, and block b holds the
     # elements at memory positions [256 b, 256 b + 256), as the Triton kernel walks them.
