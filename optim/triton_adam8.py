@@ -204,12 +204,6 @@ def adam8_triton(
         "maximize": maximize,
     }
     maxes = max_exp_avg_sqs if amsgrad else exp_avg_sqs
-    plain = [i for i, m in enumerate(exp_avgs) if not isinstance(m, Quantized)]
-    if plain:
-        pick = [[values[i] for i in plain] for values in (params, grads, exp_avgs, exp_avg_sqs)]
-        vmax = [max_exp_avg_sqs[i] for i in plain] if amsgrad else []
-        triton_adam.adam_triton(*pick, vmax, [state_steps[i] for i in plain], **hyper)
-
     groups: dict[tuple, list[tuple[Tensor, ...]]] = {}
     steps = []
     for i, m in enumerate(exp_avgs):
@@ -230,6 +224,13 @@ def adam8_triton(
         row = (real, grad, m.codes, m.absmax, v.codes, v.absmax, vmax.codes, vmax.absmax, step)
         groups.setdefault((param.device, real.dtype), []).append(row)
         steps.append(step)
+
+    # Every quantised tensor was checked above, so a bad one fails before anything moves.
+    plain = [i for i, m in enumerate(exp_avgs) if not isinstance(m, Quantized)]
+    if plain:
+        pick = [[values[i] for i in plain] for values in (params, grads, exp_avgs, exp_avg_sqs)]
+        vmax = [max_exp_avg_sqs[i] for i in plain] if amsgrad else []
+        triton_adam.adam_triton(*pick, vmax, [state_steps[i] for i in plain], **hyper)
     if not groups:
         return
     torch._foreach_add_(steps, 1)

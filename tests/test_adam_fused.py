@@ -453,6 +453,18 @@ def test_triton_int8_kernel_matches_eager_int8_interpreted(interpreted, name, kw
     assert [s.item() for s in steps] == [4.0] * len(INT8_SHAPES)
 
 
+def test_triton_int8_rejects_codes_laid_out_unlike_the_param_before_any_update(interpreted):
+    small, big = torch.randn(17), torch.randn(64, 8, 3, 3)
+    states = [lowmem.init_moments(p, "int8", False) for p in (small, big)]  # contiguous codes
+    big = big.to(memory_format=torch.channels_last)
+    before, steps = small.clone(), [torch.zeros(()), torch.zeros(())]
+    grads = [torch.randn(17), torch.randn(64, 8, 3, 3)]
+    with pytest.raises(ValueError, match="share one dense layout"):
+        triton_adam8.adam8_triton([small, big], grads, *int8_lists(states, False), steps,
+                                  **kernel_hyper("adam", {}))  # fmt: skip
+    assert torch.equal(small, before) and all(s.item() == 0 for s in steps)
+
+
 def test_triton_int8_kernel_steps_optim_adams_own_state_interpreted(interpreted):
     # What optim.Adam(fused=True, state_dtype="int8") hands the kernel for CUDA params (its
     # gathered lists: Quantized moments, fp32 moments for small tensors, float32 steps),
