@@ -20,6 +20,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from search import cluster, results
 from search import config as config_
+from search.asha import RungState
 from search.cli import run_main
 from search.config import ConfigError, SearchConfig
 from search.optuna_search import OptunaSearch
@@ -159,7 +160,9 @@ def build_tuner(cfg: SearchConfig, storage: str, name: str, tracking_uri: str) -
             trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage, callbacks=[tracking], verbose=1,
+            name=name, storage_path=storage, verbose=1,
+            # RungState: ASHA's rungs in Ray's experiment checkpoint, so --resume keeps them.
+            callbacks=[tracking, *([RungState(scheduler)] if cfg.scheduler.name == "asha" else [])],
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
             # Two, not one: a driver killed between a trial's new checkpoint and Ray's next
             # state snapshot must still find the checkpoint that snapshot names.
@@ -181,13 +184,18 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     # A checkpoint per epoch is the design (resume at any epoch), not a bottleneck to warn of.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Snapshot the experiment state at every step of Ray's loop, not every 10 s or more: Ray
+    # deletes a trial's checkpoints beyond num_to_keep at once, and an older snapshot can
+    # name one already deleted, which a killed driver's --resume cannot recover from.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     check_tracking(tracking_uri)
     cluster.connect(cfg.ray.address)
     cluster.check_resources(cfg.resources)
 
     path = f"{storage}/{name}"
     if args.resume:
-        # Ray restores the searcher (with its Optuna study), the scheduler and callbacks.
+        # Ray restores the searcher (with its Optuna study) and the callbacks' state; the
+        # scheduler comes back as configured, and RungState refills its rungs (search/asha.py).
         tuner = tune.Tuner.restore(path, trainable=trainable(cfg))
     else:
         tuner = build_tuner(cfg, storage, name, tracking_uri)

@@ -118,6 +118,16 @@ def test_best_yaml_retrains_to_the_best_trials_accuracy(search, tmp_path):
     assert final == pytest.approx(best.data.metrics["val_acc"], abs=0.02)
 
 
+def ended_trials(exp_dir) -> list[str]:
+    """Trials marked TERMINATED in Ray's newest saved experiment state."""
+    states = sorted(exp_dir.glob("experiment_state-*.json"))
+    try:
+        trials = json.loads(states[-1].read_text())["trial_data"] if states else []
+    except (OSError, ValueError):  # being replaced right now
+        return []
+    return [t for t, _ in trials if json.loads(t)["status"] == "TERMINATED"]
+
+
 def test_killed_driver_resumes_and_finishes_every_trial(tmp_path):
     (tmp_path / "conf.yaml").write_text(SEARCH.replace("num_samples: 8", "num_samples: 5"))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -127,7 +137,9 @@ def test_killed_driver_resumes_and_finishes_every_trial(tmp_path):
     )
     exp_dir = tmp_path / "runs" / "k"
     deadline = time.monotonic() + 180
-    while len(list(exp_dir.glob("trial_*/checkpoint_*"))) < 2:
+    # Killed once Ray's saved state has a trial that ended (so ASHA's rungs hold a trial
+    # that will not report again) and a checkpoint to resume from.
+    while not (ended_trials(exp_dir) and list(exp_dir.glob("trial_*/checkpoint_*"))):
         assert driver.poll() is None, "search ended before it could be killed"
         assert time.monotonic() < deadline
         time.sleep(0.5)
@@ -151,6 +163,17 @@ def test_killed_driver_resumes_and_finishes_every_trial(tmp_path):
     assert len(states) == 5 and set(states) <= {"COMPLETE", "PRUNED"}
     sampled = [t.params["lr"] for t in study.trials]
     assert sorted(sampled) == sorted(float(k.data.params["lr"]) for k in kids)
+    # ASHA's rungs came back too (Ray itself rebuilds the scheduler empty): every trial,
+    # those that ended before the kill included, is recorded at the first rung (epoch 1)
+    # with its epoch-1 accuracy, not with a later epoch's. search.asha.RungState keeps them
+    # in Ray's callback checkpoint (callback 1, after the tracker).
+    saved = max(exp_dir.glob("callback-states-*.pkl"))  # the resumed session's
+    rungs = pickle.loads(saved.read_bytes())[1]["brackets"][0]
+    first = dict(rungs)[1]
+    for kid in kids:
+        history = client.get_metric_history(kid.info.run_id, "val_acc")
+        epoch_1 = next(m.value for m in history if m.step == 1)
+        assert first[kid.data.tags["trial_id"]] == pytest.approx(epoch_1, abs=1e-9)
 
 
 def test_seeded_search_samples_the_same_hyperparameters_twice(tmp_path):
