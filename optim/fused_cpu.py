@@ -37,9 +37,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["RECOMPILE_LIMIT", "adam_fused_cpu", "adam_update", "run_compiled"]
+__all__ = ["RECOMPILE_LIMIT", "adam_fused_cpu", "adam_update", "hyper_values", "run_compiled"]
 
 _HYPER = ("one_minus_beta1", "beta2", "one_minus_beta2", "eps", "weight_decay", "decay")
+
+
+def hyper_values(
+    lr: float, beta1: float, beta2: float, eps: float, weight_decay: float
+) -> list[float]:
+    """The values named in `_HYPER`, in that order (what `adam_update` unpacks)."""
+    return [1 - beta1, beta2, 1 - beta2, eps, weight_decay, 1 - lr * weight_decay]
 
 
 def adam_update(
@@ -195,7 +202,7 @@ def adam_fused_cpu(
     if not params:
         return
     lr, beta1, beta2 = float(lr), float(beta1), float(beta2)
-    hyper = [1 - beta1, beta2, 1 - beta2, eps, weight_decay, 1 - lr * weight_decay]
+    hyper = hyper_values(lr, beta1, beta2, eps, weight_decay)
 
     # One compiled call per (param dtype, state dtype): a call's tensors share one opmath.
     kinds = [(p.dtype, m.dtype) for p, m in zip(params, exp_avgs, strict=True)]

@@ -28,7 +28,7 @@ import functools
 import torch
 from torch import Tensor
 
-from optim.fused_cpu import adam_update, run_compiled
+from optim.fused_cpu import adam_update, hyper_values, run_compiled
 from optim.quant import Quantized, dequantize, dynamic_code, quantize
 
 __all__ = [
@@ -207,14 +207,14 @@ def adam_low_memory(
     lr, beta1, beta2 = float(lr), float(beta1), float(beta2)
     torch._foreach_add_(state_steps, 1)
     steps = torch.stack(state_steps).tolist()
-    hyper = [1 - beta1, beta2, 1 - beta2, eps, weight_decay, 1 - lr * weight_decay]
+    hyper = hyper_values(lr, beta1, beta2, eps, weight_decay)
+    device = params[0].device
     # Python doubles, then one cast per tensor to its opmath: as the reference computes them.
     coefficients = torch.tensor(
         [[lr / (1 - beta1**t), (1 - beta2**t) ** 0.5, *hyper] for t in steps],
         dtype=torch.float64,
-        device=params[0].device,
+        device=device,
     )
-    device = params[0].device
     args = (
         params,
         grads,
