@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.models.resnet import BasicBlock, ResNet
 
 
 def resnet18(num_classes: int, in_channels: int, image_size: int = 32) -> nn.Module:
@@ -14,6 +13,10 @@ def resnet18(num_classes: int, in_channels: int, image_size: int = 32) -> nn.Mod
     first block; the CIFAR variant keeps full resolution there. `image_size` is accepted for
     the common builder signature only: the adaptive average pool makes the net size-agnostic.
     """
+    # Imported here: torchvision pulls in torch._dynamo (about 1 s), which a trial of any
+    # other model, and every search driver, would otherwise pay at start-up.
+    from torchvision.models.resnet import BasicBlock, ResNet
+
     model = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
     model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()

@@ -11,10 +11,19 @@ on any storage) and hands it back on restore before the trials are re-added.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler
+
+
+def rung_epochs(grace_period: int, reduction_factor: float, max_t: int) -> tuple[int, ...]:
+    """The epochs at which Ray's ASHA (one bracket) judges a trial: its milestones
+    grace_period * reduction_factor**k below max_t, each judged at the first epoch that
+    reaches it."""
+    rungs = int(math.log(max_t / grace_period) / math.log(reduction_factor) + 1)
+    return tuple(math.ceil(grace_period * reduction_factor**k) for k in range(rungs))
 
 
 class RungState(Callback):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -10,8 +12,13 @@ from search.config import ConfigError
 USAGE_ERROR = 2
 
 
-def run_main(main: Callable[[], int | None]) -> None:
-    """Run a command's main; a ConfigError becomes one line on stderr and exit 2."""
+def run_main(main: Callable[[], int | None], fast_exit: bool = False) -> None:
+    """Run a command's main; a ConfigError becomes one line on stderr and exit 2.
+
+    `fast_exit`: end the process without the interpreter's teardown, once main has
+    cleaned up after itself (a search: MLflow drained, Ray shut down). Tearing down the
+    modules of torch, Ray and MLflow takes about 2 s on 2 cores, for nothing.
+    """
     try:
         code = main()
     except ConfigError as e:
@@ -20,4 +27,9 @@ def run_main(main: Callable[[], int | None]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         code = 130
+    if fast_exit:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code or 0)
     sys.exit(code or 0)

@@ -17,7 +17,8 @@ import ray
 import models
 import optim
 import search
-from search.config import ConfigError, ResourcesConfig
+from search import warm
+from search.config import ConfigError, DataConfig, ResourcesConfig
 
 CONNECT_TIMEOUT_S = 5.0
 
@@ -35,11 +36,22 @@ def _reachable(address: str) -> bool:
         return False
 
 
-def connect(address: str | None, cpus: int | None = None) -> None:
+def warm_workers(preload: DataConfig | None) -> dict:
+    """The runtime_env part that warms worker processes as they start (search/warm.py)."""
+    env = {"worker_process_setup_hook": "search.warm.preload"}
+    if preload is not None:
+        env["env_vars"] = {warm.PRELOAD_ENV: preload.model_dump_json()}
+    return env
+
+
+def connect(address: str | None, cpus: int | None = None,
+            preload: DataConfig | None = None) -> None:
     """Start Ray here (address None) or join a cluster, shipping the project's code.
 
     On a cluster, `py_modules` uploads search/, models/ and optim/ to every worker
-    through Ray's runtime_env: nothing is copied by hand.
+    through Ray's runtime_env: nothing is copied by hand. Worker processes import the
+    trainer and load `preload` (the search's data) as they start, while the driver is
+    still setting up.
     """
     if address not in (None, "auto") and not _reachable(address):
         raise ConfigError(f"ray.address {address!r}: nothing answers there (is the head up?)")
@@ -49,7 +61,8 @@ def connect(address: str | None, cpus: int | None = None) -> None:
         # Ray announces its (default, kept) token auth on every local start: noise here.
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
             logging.ERROR)
-        ray.init(num_cpus=cpus, include_dashboard=False, logging_level="warning")
+        ray.init(num_cpus=cpus, include_dashboard=False, logging_level="warning",
+                 runtime_env=warm_workers(preload))
         return
     modules = [str(Path(m.__file__).parent) for m in (search, models, optim)]
     # Under `ray job submit` the job's own runtime_env (--working-dir) ships the code;
@@ -60,11 +73,17 @@ def connect(address: str | None, cpus: int | None = None) -> None:
         # in it (seen with Ray 2.60); paths are resolved by now, so step out of it.
         os.chdir(tempfile.gettempdir())
     try:
-        ray.init(address=address, runtime_env=None if in_job else {"py_modules": modules},
-                 logging_level="warning")
+        ray.init(address=address, logging_level="warning",
+                 runtime_env=None if in_job else {"py_modules": modules, **warm_workers(preload)})
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise ConfigError(f"ray.address {address!r}: cannot join: {str(e).splitlines()[0]}") \
             from None
+
+
+def disconnect() -> None:
+    """Leave Ray; a Ray this process started is stopped, without waiting for its
+    processes to exit (they go on their own; waiting costs about 2 s)."""
+    ray.shutdown(wait_for_processes=False)
 
 
 def check_resources(resources: ResourcesConfig) -> None:

@@ -177,6 +177,9 @@ class SearchSection(Section):
     sampler: Literal["tpe", "random"] = "tpe"
     n_startup_trials: int = Field(4, ge=0)  # random trials before TPE models the space
     max_failures: int = Field(2, ge=0)  # retries of a trial that dies (from its checkpoint)
+    # Seconds of training between a trial's checkpoints (besides ASHA's rungs and the last
+    # epoch, which always get one); null: adaptive, checkpoints take <= 5% of the time.
+    checkpoint_period_s: float | None = Field(None, ge=0)
     # Adam's textbook defaults make a good first point.
     points_to_evaluate: list[dict[str, float]] = [
         {"lr": 1e-3, "beta1": 0.9, "one_minus_beta2": 1e-3, "eps": 1e-8}

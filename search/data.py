@@ -8,10 +8,13 @@ processes, no host-to-device copy per batch.
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -50,6 +53,13 @@ class Dataset:
     mean: tuple[float, ...]  # per channel, of the training split, in [0, 1] units
     std: tuple[float, ...]
 
+    def to(self, device: torch.device) -> Dataset:
+        """Both splits on `device` (the same object where they already are)."""
+        if self.train.x.device == torch.device(device):
+            return self
+        return Dataset(self.train.to(device), self.val.to(device), self.num_classes,
+                       self.mean, self.std)
+
     @property
     def in_channels(self) -> int:
         return self.train.x.shape[1]
@@ -59,13 +69,31 @@ class Dataset:
         return self.train.x.shape[-1]
 
 
-def _digits() -> tuple[Tensor, Tensor, int]:
-    from sklearn.datasets import load_digits
+def digits_file() -> Path | None:
+    """scikit-learn's bundled digits CSV, found without importing scikit-learn."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz")
+    return path if path.is_file() else None
 
-    bunch = load_digits()
+
+def _digits() -> tuple[Tensor, Tensor, int]:
+    # The same file and parsing as sklearn.datasets.load_digits, read directly: importing
+    # sklearn.datasets takes a second, which every fresh trial process would pay.
+    path = digits_file()
+    if path is None:  # a future scikit-learn that moved it
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        images, target = bunch.images, bunch.target
+    else:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            table = np.loadtxt(f, delimiter=",")
+        images, target = table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(int)
     # Pixel values are 0..16; scale to 0..255 so every dataset is uint8 alike.
-    x = torch.from_numpy(bunch.images).mul(255 / 16).round().clamp(0, 255).to(torch.uint8)
-    return x.unsqueeze(1), torch.from_numpy(bunch.target).long(), 10
+    x = torch.from_numpy(images).mul(255 / 16).round().clamp(0, 255).to(torch.uint8)
+    return x.unsqueeze(1), torch.from_numpy(target).long(), 10
 
 
 def _synthetic(cfg: DataConfig) -> tuple[Tensor, Tensor, int]:

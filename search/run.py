@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import time
 import urllib.request
@@ -14,20 +15,22 @@ from pathlib import Path
 
 import optuna
 import yaml
-from mlflow.tracking import MlflowClient
 from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from search import cluster, results
 from search import config as config_
-from search.asha import RungState
+from search.asha import RungState, rung_epochs
 from search.cli import run_main
 from search.config import ConfigError, SearchConfig
 from search.optuna_search import OptunaSearch
+from search.progress import Progress, setup_logging
 from search.space import DefineByRun, searched
-from search.tracking import REDACTED, Tracker, TrackingCallback, flatten, redact
+from search.tracking import DRAIN_S, REDACTED, TrackingCallback, flatten, redact
 from search.trainable import run_trial
 
+log = logging.getLogger("search")
 SAVED_CONFIG = "search.yaml"  # the resolved config, next to Ray's experiment state
 BEST_CONFIG = "best.yaml"
 
@@ -46,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted search (the latest one of CONFIG without --name)")
+    p.add_argument("--verbose", action="store_true",
+                   help="Ray Tune's own trial tables and the libraries' log lines too")
     return p.parse_args(argv)
 
 
@@ -122,13 +127,27 @@ def trial_dirname(trial: tune.experiment.Trial) -> str:
 
 def trainable(cfg: SearchConfig):
     """One trial of this search, with the resources each trial asks for."""
+    s = cfg.scheduler
+    rungs = (rung_epochs(s.grace_period, s.reduction_factor, cfg.train.epochs)
+             if s.name == "asha" else ())
     return tune.with_resources(
-        tune.with_parameters(run_trial, base=cfg.trial()),
+        tune.with_parameters(run_trial, base=cfg.trial(), rungs=rungs,
+                             checkpoint_period_s=cfg.search.checkpoint_period_s),
         {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial},
     )
 
 
-def build_tuner(cfg: SearchConfig, storage: str, name: str, tracking_uri: str) -> tune.Tuner:
+def tracking_callback(cfg: SearchConfig, storage: str, name: str,
+                      tracking_uri: str) -> TrackingCallback:
+    """The search's MLflow tracking, as the Tune callback that feeds it."""
+    return TrackingCallback(
+        tracking_uri, cfg.mlflow.experiment or name, f"{storage}/{name}", name,
+        flatten(public(cfg)), cfg.train.epochs,
+    )
+
+
+def build_tuner(cfg: SearchConfig, storage: str, name: str, tracking: TrackingCallback,
+                verbose: bool = False) -> tune.Tuner:
     """Ray's and Optuna's own objects, composed: the whole search in one place."""
     s = cfg.search
     sampler = (
@@ -148,21 +167,26 @@ def build_tuner(cfg: SearchConfig, storage: str, name: str, tracking_uri: str) -
                       reduction_factor=cfg.scheduler.reduction_factor)
         if cfg.scheduler.name == "asha" else FIFOScheduler()
     )
-    tracking = TrackingCallback(
-        tracking_uri, cfg.mlflow.experiment or name, f"{storage}/{name}", name,
-        flatten(public(cfg)), cfg.train.epochs,
-    )
     return tune.Tuner(
         trainable(cfg),
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=s.num_samples,
             max_concurrent_trials=s.max_concurrent, metric=s.metric, mode=s.mode,
             trial_dirname_creator=trial_dirname,
+            # One warm process runs trial after trial (search/warm.py): no new process,
+            # imports or dataset load per trial.
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage, verbose=1,
-            # RungState: ASHA's rungs in Ray's experiment checkpoint, so --resume keeps them.
-            callbacks=[tracking, *([RungState(scheduler)] if cfg.scheduler.name == "asha" else [])],
+            name=name, storage_path=storage, verbose=1 if verbose else 0,
+            callbacks=[
+                JsonLoggerCallback(),  # each trial's result.json
+                tracking,
+                Progress(s.metric, s.mode, cfg.train.epochs, s.num_samples),
+                # ASHA's rungs in Ray's experiment checkpoint, so --resume keeps them.
+                *([RungState(scheduler)] if cfg.scheduler.name == "asha" else []),
+                *([results.PreloadModelLogging()] if cfg.mlflow.register_as else []),
+            ],
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
             # Two, not one: a driver killed between a trial's new checkpoint and Ray's next
             # state snapshot must still find the checkpoint that snapshot names.
@@ -171,26 +195,41 @@ def build_tuner(cfg: SearchConfig, storage: str, name: str, tracking_uri: str) -
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    cfg, storage, name = resolve(args)
-    tracking_uri = cfg.mlflow.tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}"
+def library_settings(verbose: bool) -> None:
+    """Settings of Ray and MLflow this command relies on (a user's own setting wins)."""
+    env = os.environ.setdefault
     # Fail fast, and let the tracker's queue do the retrying, not minutes of HTTP backoff.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    env("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    env("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    env("MLFLOW_DISABLE_TELEMETRY", "true")
+    env("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # MLflow prints run links with the full tracking URI, user and password included.
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     # A checkpoint per epoch is the design (resume at any epoch), not a bottleneck to warn of.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    env("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Snapshot the experiment state at every step of Ray's loop, not every 10 s or more: Ray
     # deletes a trial's checkpoints beyond num_to_keep at once, and an older snapshot can
     # name one already deleted, which a killed driver's --resume cannot recover from.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    env("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    # Ray's loggers: result.json is kept (JsonLoggerCallback, added in build_tuner); the CSV
+    # copy and TensorBoard event files, which nothing here reads, are not written.
+    env("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    if not verbose:  # Ray's older reporter is silent at verbose=0; the newer one is not
+        env("RAY_AIR_NEW_OUTPUT", "0")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.verbose)
+    cfg, storage, name = resolve(args)
+    tracking_uri = cfg.mlflow.tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}"
+    library_settings(args.verbose)
     check_tracking(tracking_uri)
-    cluster.connect(cfg.ray.address)
+    tracking = tracking_callback(cfg, storage, name, tracking_uri)
+    tracker = tracking.open()  # imports MLflow in its writer thread while Ray starts
+    cluster.connect(cfg.ray.address, preload=cfg.data)
     cluster.check_resources(cfg.resources)
+    tracker.start()  # the search will run: now MLflow may be written to
 
     path = f"{storage}/{name}"
     if args.resume:
@@ -198,37 +237,37 @@ def main(argv: list[str] | None = None) -> int:
         # scheduler comes back as configured, and RungState refills its rungs (search/asha.py).
         tuner = tune.Tuner.restore(path, trainable=trainable(cfg))
     else:
-        tuner = build_tuner(cfg, storage, name, tracking_uri)
+        tuner = build_tuner(cfg, storage, name, tracking, args.verbose)
         if "://" not in storage:
             Path(path).mkdir(parents=True, exist_ok=True)
             Path(path, SAVED_CONFIG).write_text(yaml.safe_dump(public(cfg), sort_keys=False))
-    print(f"search {name}: {cfg.search.num_samples} trials, results in {path}, "
-          f"MLflow at {redact(tracking_uri)}", flush=True)
+    log.info("search %s: %d trials, results in %s, MLflow at %s", name,
+             cfg.search.num_samples, path, redact(tracking_uri))
     grid = tuner.fit()
 
     rows = results.summarize(grid, cfg)
-    tracker = Tracker.open(MlflowClient(tracking_uri), cfg.mlflow.experiment or name, path,
-                           name, {})
     best = next((r for r in rows if r.outcome in ("completed", "pruned")), None)
     best_yaml = None
     if best is not None:
         best_yaml = Path(storage if "://" not in storage else "runs", name, BEST_CONFIG)
         text = results.write_best_yaml(cfg, best, best_yaml)
         if cfg.mlflow.register_as and best.result.checkpoint is not None:
+            tracker.drain(timeout_s=DRAIN_S)  # the best trial's run must exist
             version = results.register_champion(tracker, best, cfg.mlflow.register_as)
-            print(f"registered {cfg.mlflow.register_as} version {version} "
-                  f"as @{results.CHAMPION}")
+            log.info("registered %s version %s as @%s", cfg.mlflow.register_as, version,
+                     results.CHAMPION)
         top = [{"trial_id": r.trial_id, "outcome": r.outcome, "epochs": r.epochs,
                 cfg.search.metric: r.value, **r.params} for r in rows[:10]]
         tracker.finish({"params": best.params, "metric": cfg.search.metric,
                         "value": best.value, "trial_id": best.trial_id}, top, text)
     else:
         tracker.fail_search()
-    if not tracker.drain(timeout_s=300):
-        print(f"warning: {len(tracker.pending)} MLflow writes could not be delivered")
+    if not tracker.drain(timeout_s=DRAIN_S):
+        log.warning("%d MLflow writes could not be delivered", tracker.pending)
     results.print_summary(rows, cfg, best_yaml, tracking_uri)
+    cluster.disconnect()
     return 0 if best is not None else 1
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, fast_exit=True)

@@ -43,9 +43,12 @@ def searched(space: SpaceConfig) -> list[str]:
 
 def optimizer_params(sample: dict[str, Any]) -> dict[str, float]:
     """A sample in Adam's own terms (beta2, not 1 - beta2): the params logged per trial."""
-    params = {k: float(v) for k, v in sample.items() if k in NAMES}
-    if "one_minus_beta2" in params:
-        params["beta2"] = 1.0 - params.pop("one_minus_beta2")
+    params = {}
+    for name in NAMES:  # in the paper's order: lr, beta1, beta2, eps, weight_decay
+        if name in sample:
+            value = float(sample[name])
+            params["beta2" if name == "one_minus_beta2" else name] = (
+                1.0 - value if name == "one_minus_beta2" else value)
     return params
 
 

@@ -15,17 +15,20 @@ logged once per trial even when a trial is replayed from a checkpoint.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
 from ray import tune
 
 from search.space import optimizer_params
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
 
@@ -68,27 +71,72 @@ def outcome(metrics: dict[str, Any], epochs: int, error: bool) -> str:
     return "completed" if metrics.get("epoch", 0) >= epochs else "pruned"
 
 
+def transient(error: Exception) -> bool:
+    """Whether a failed MLflow write may succeed later: the server or network was down."""
+    if isinstance(error, OSError):  # requests' connection errors are OSErrors
+        return True
+    status = getattr(error, "get_http_status_code", None)
+    return status is not None and status() >= 500
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    """One epoch of one trial, queued for MLflow; consecutive ones are sent as one batch."""
+
+    trial_id: str
+    step: int
+    values: dict[str, float]
+    timestamp_ms: int
+
+
+Job = Callable[[], None] | EpochMetrics
+
+
 class Tracker:
     """The MLflow side of one search: a parent run and a child run per trial.
 
-    Every write is queued and delivered in order by `flush`; a write that fails
-    (server down) stays queued and is retried at the next flush.
+    Every write is queued and delivered in order by one writer thread, so Tune's loop
+    (and through it every trial, which waits for the driver after each report) never
+    waits for MLflow. The first job opens the search's runs, and imports MLflow: it runs
+    while Ray starts. Epoch metrics queued while the writer was busy go out as one
+    `log_batch` per run. A write that fails (server down) stays at the head of the queue
+    and is retried every RETRY_S seconds; `drain` waits for the queue to empty.
     """
 
-    def __init__(self, client: MlflowClient, experiment_id: str, parent_run_id: str) -> None:
-        self.client = client
-        self.experiment_id = experiment_id
-        self.parent_run_id = parent_run_id
+    def __init__(self, tracking_uri: str, experiment: str, search_dir: str, run_name: str,
+                 params: dict[str, str]) -> None:
+        self.tracking_uri = tracking_uri
+        self.client: MlflowClient | None = None  # set by the first job
+        self.experiment_id = ""
+        self.parent_run_id = ""
         self.children: dict[str, str] = {}  # trial id -> run id
         self.logged_steps: dict[str, set[int]] = {}  # trial id -> epochs already logged
-        self.pending: deque[Callable[[], None]] = deque()
-        self._retry_at = 0.0  # after a failure, wait a little before trying again
+        self._jobs: deque[Job] = deque()
+        self._busy = False
+        self._cv = threading.Condition()
         self._warned = False
+        self._started = threading.Event()
+        self.submit(lambda: self._open(experiment, search_dir, run_name, params))
+        threading.Thread(target=self._deliver_forever, name="mlflow-writer", daemon=True).start()
 
-    @classmethod
-    def open(cls, client: MlflowClient, experiment: str, search_dir: str, run_name: str,
-             params: dict[str, str]) -> Tracker:
+    def start(self) -> None:
+        """Begin writing. Until then the writer only imports MLflow: a search refused
+        before it starts (bad input, a trial no node can run) leaves nothing in MLflow."""
+        self._started.set()
+
+    @property
+    def pending(self) -> int:
+        """Writes not yet delivered."""
+        with self._cv:
+            return len(self._jobs) + self._busy
+
+    def _open(self, experiment: str, search_dir: str, run_name: str,
+              params: dict[str, str]) -> None:
         """Find the search's parent run (a resumed search) with its children, or create it."""
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(self.tracking_uri)
         exp = client.get_experiment_by_name(experiment)
         experiment_id = exp.experiment_id if exp else client.create_experiment(experiment)
         found = client.search_runs(
@@ -101,9 +149,9 @@ class Tracker:
             items = [Param(k, v[:6000]) for k, v in params.items()]
             for i in range(0, len(items), 100):  # MLflow takes at most 100 params a batch
                 client.log_batch(parent.info.run_id, params=items[i : i + 100])
-        tracker = cls(client, experiment_id, parent.info.run_id)
-        tracker._adopt_children()
-        return tracker
+        self.client, self.experiment_id = client, experiment_id
+        self.parent_run_id = parent.info.run_id
+        self._adopt_children()
 
     def _adopt_children(self) -> None:
         runs = self.client.search_runs(
@@ -117,67 +165,120 @@ class Tracker:
                 history = self.client.get_metric_history(run.info.run_id, "val_acc")
                 self.logged_steps[trial_id] = {m.step for m in history}
 
-    # ------------------------------------------------------------ queued writes
+    # ------------------------------------------------------------ the queue
 
-    def submit(self, write: Callable[[], None]) -> None:
-        self.pending.append(write)
-        self.flush()
-
-    def flush(self) -> bool:
-        """Deliver queued writes in order; True when none is left."""
-        if self.pending and time.monotonic() < self._retry_at:
-            return False
-        while self.pending:
-            try:
-                self.pending[0]()
-            except Exception as e:  # server down or restarting: keep it, retry later
-                if not self._warned:
-                    log.warning("MLflow unreachable, %d writes queued: %s",
-                                len(self.pending), type(e).__name__)
-                    self._warned = True
-                self._retry_at = time.monotonic() + RETRY_S
-                return False
-            self.pending.popleft()
-        self._warned = False
-        return True
+    def submit(self, job: Job) -> None:
+        with self._cv:
+            self._jobs.append(job)
+            self._cv.notify_all()
 
     def drain(self, timeout_s: float) -> bool:
-        """Flush until the queue is empty or `timeout_s` has passed."""
-        deadline = time.monotonic() + timeout_s
-        while not self.flush() and time.monotonic() < deadline:
-            time.sleep(RETRY_S)
-        return not self.pending
+        """Wait until every queued write is delivered, or `timeout_s` has passed."""
+        with self._cv:
+            return self._cv.wait_for(lambda: not self._jobs and not self._busy, timeout_s)
+
+    def settle(self) -> None:
+        """Deliver what is queued now, unless MLflow is down (then the queue waits)."""
+        with self._cv:
+            self._cv.wait_for(lambda: (not self._jobs and not self._busy) or self._warned)
+
+    def _take(self) -> list[Job]:
+        """The next job, or every epoch-metrics job at the head of the queue together."""
+        with self._cv:
+            self._cv.wait_for(lambda: self._jobs)
+            self._busy = True
+            if not isinstance(self._jobs[0], EpochMetrics):
+                return [self._jobs.popleft()]
+            group = []
+            while self._jobs and isinstance(self._jobs[0], EpochMetrics):
+                group.append(self._jobs.popleft())
+            return group
+
+    def _deliver_forever(self) -> None:
+        import mlflow.tracking  # noqa: F401  (about 1 s: paid here, while Ray starts)
+
+        self._started.wait()
+        while True:
+            group = self._take()
+            try:
+                self._deliver(group)  # takes delivered jobs off `group` as it goes
+                failed = None
+            except Exception as e:
+                failed = e
+            if failed is not None and not transient(failed):
+                # It would fail again: drop it rather than block every write behind it.
+                log.error("MLflow write dropped: %s: %s", type(failed).__name__,
+                          (str(failed).splitlines() or [""])[0])
+                group.pop(0)
+            elif failed is not None and not self._warned:
+                log.warning("MLflow unreachable, %d writes queued: %s",
+                            len(group) + len(self._jobs), type(failed).__name__)
+            with self._cv:
+                self._jobs.extendleft(reversed(group))  # undelivered: first in line
+                self._busy = False
+                self._warned = failed is not None and transient(failed)
+                self._cv.notify_all()
+            if self._warned:  # the server is down: try again in a while
+                time.sleep(RETRY_S)
+
+    def _deliver(self, group: list[Job]) -> None:
+        if not isinstance(group[0], EpochMetrics):
+            group[0]()
+            group.pop()
+            return
+        from mlflow.entities import Metric
+
+        by_trial: dict[str, list[EpochMetrics]] = {}
+        for m in group:
+            by_trial.setdefault(m.trial_id, []).append(m)
+        for trial_id, epochs in by_trial.items():
+            steps = self.logged_steps.setdefault(trial_id, set())
+            fresh = [e for e in epochs if e.step not in steps]  # replayed after a retry: skip
+            batch = [Metric(k, v, e.timestamp_ms, e.step)
+                     for e in fresh for k, v in e.values.items()]
+            for i in range(0, len(batch), 1000):  # MLflow takes at most 1000 metrics a batch
+                self.client.log_batch(self.children[trial_id], metrics=batch[i : i + 1000])
+            steps.update(e.step for e in fresh)
+            for e in epochs:
+                group.remove(e)
 
     # ------------------------------------------------------------ trials
 
     def start_trial(self, trial_id: str, trial_name: str, params: dict[str, float]) -> None:
-        if trial_id in self.children:
-            return
+        retried = False
 
         def create() -> None:
-            if trial_id in self.children:  # a retried write may already have landed
+            nonlocal retried
+            if trial_id in self.children:  # resumed
                 return
+            if retried:  # the server may have made the run before the connection broke
+                found = self.client.search_runs(
+                    [self.experiment_id], max_results=1,
+                    filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' "
+                                  f"and tags.trial_id = '{trial_id}'")
+                if found:
+                    self.children[trial_id] = found[0].info.run_id
+                    return
+            retried = True
             run = self.client.create_run(
                 self.experiment_id, run_name=trial_name,
                 tags={PARENT_TAG: self.parent_run_id, "trial_id": trial_id},
             )
             self.children[trial_id] = run.info.run_id
-            self.client.log_batch(run.info.run_id,
+
+        def log_params() -> None:  # logging the same value again is allowed: retry-safe
+            from mlflow.entities import Param
+
+            self.client.log_batch(self.children[trial_id],
                                   params=[Param(k, repr(v)) for k, v in params.items()])
 
-        self.logged_steps.setdefault(trial_id, set())
         self.submit(create)
+        self.submit(log_params)
 
     def log_epoch(self, trial_id: str, metrics: dict[str, Any]) -> None:
-        step = int(metrics["epoch"])
-        steps = self.logged_steps.setdefault(trial_id, set())
-        if step in steps:  # replayed after a retry: never log an epoch twice
-            return
-        steps.add(step)
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(metrics[k]), now, step) for k in METRICS if k in metrics]
-
-        self.submit(lambda: self.client.log_batch(self.children[trial_id], metrics=batch))
+        values = {k: float(metrics[k]) for k in METRICS if k in metrics}
+        self.submit(EpochMetrics(trial_id, int(metrics["epoch"]), values,
+                                 int(time.time() * 1000)))
 
     def tag_trial(self, trial_id: str, key: str, value: str) -> None:
         self.submit(lambda: self.client.set_tag(self.children[trial_id], key, value))
@@ -186,6 +287,8 @@ class Tracker:
         status = "FAILED" if how == "failed" else "FINISHED"
 
         def end() -> None:
+            from mlflow.entities import RunTag
+
             run_id = self.children[trial_id]
             self.client.log_batch(run_id, tags=[RunTag("outcome", how)])
             self.client.set_terminated(run_id, status)
@@ -200,9 +303,10 @@ class Tracker:
 
     def finish(self, best: dict[str, Any], top: list[dict[str, Any]], best_yaml: str,
                status: str = "FINISHED") -> None:
-        run_id = self.parent_run_id
-
         def end() -> None:
+            from mlflow.entities import Metric, Param, RunTag
+
+            run_id = self.parent_run_id
             params = [Param(f"best.{k}", str(v)) for k, v in best["params"].items()]
             metrics = [Metric(f"best_{best['metric']}", float(best["value"]),
                               int(time.time() * 1000), 0)]
@@ -214,6 +318,9 @@ class Tracker:
             self.client.set_terminated(run_id, status)
 
         self.submit(end)
+
+
+_open_trackers: dict[str, Tracker] = {}  # search dir -> its Tracker, one per process
 
 
 class TrackingCallback(tune.Callback):
@@ -238,9 +345,19 @@ class TrackingCallback(tune.Callback):
         return {**self.__dict__, "tracker": None}
 
     def setup(self, **info) -> None:
-        client = MlflowClient(self.tracking_uri)
-        self.tracker = Tracker.open(client, self.experiment, self.search_dir, self.run_name,
-                                    self.params)
+        self.open().start()
+
+    def open(self) -> Tracker:
+        """The search's Tracker, made on first use: the driver makes it before Ray starts
+        (so MLflow is imported meanwhile), Tune's `setup` starts it, and a callback restored
+        from Ray's experiment state (`--resume`) finds the same one."""
+        if self.tracker is None:
+            if self.search_dir not in _open_trackers:
+                _open_trackers[self.search_dir] = Tracker(
+                    self.tracking_uri, self.experiment, self.search_dir, self.run_name,
+                    self.params)
+            self.tracker = _open_trackers[self.search_dir]
+        return self.tracker
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self.tracker.start_trial(trial.trial_id, str(trial), optimizer_params(trial.config))
@@ -265,10 +382,13 @@ class TrackingCallback(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self.tracker.end_trial(trial.trial_id, "failed")
 
-    def on_step_end(self, iteration, trials, **info) -> None:
-        if self.tracker.pending:  # retry writes that failed while the server was down
-            self.tracker.flush()
+    def get_state(self) -> None:
+        """Called as Ray snapshots the experiment: MLflow is brought up to date first, so
+        that a driver killed after the snapshot has left in MLflow every epoch and every
+        ended trial the snapshot knows of (`--resume` replays only what came after)."""
+        self.tracker.settle()
+        return None
 
     def on_experiment_end(self, trials, **info) -> None:
         if not self.tracker.drain(timeout_s=DRAIN_S):
-            log.warning("%d MLflow writes could not be delivered", len(self.tracker.pending))
+            log.warning("%d MLflow writes could not be delivered", self.tracker.pending)

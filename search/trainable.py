@@ -8,9 +8,9 @@ workers, and a trial retried on another node cannot log twice.
 
 from __future__ import annotations
 
-import gc
 import logging
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,11 @@ import ray
 import torch
 from ray import tune
 
+from search import warm
+from search.checkpoints import CheckpointPolicy
 from search.config import TrialConfig
 from search.space import trial_config
-from search.trainer import train
+from search.trainer import pick_device, train
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -31,27 +33,41 @@ def load_checkpoint(checkpoint: tune.Checkpoint) -> dict[str, Any]:
         return torch.load(Path(d) / CHECKPOINT_FILE, weights_only=True, map_location="cpu")
 
 
-def report(metrics: dict[str, Any], checkpoint: dict[str, Any] | None) -> None:
-    """Hand one epoch's metrics, and its checkpoint, to Tune."""
-    metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id()}
-    if checkpoint is None:
-        tune.report(metrics)
-        return
-    with tempfile.TemporaryDirectory() as d:
-        torch.save(checkpoint, Path(d) / CHECKPOINT_FILE)
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+class Reporter:
+    """Hands each epoch's metrics to Tune, with a checkpoint when the policy says so."""
+
+    def __init__(self, policy: CheckpointPolicy) -> None:
+        self.policy = policy
+        self.node_id = ray.get_runtime_context().get_node_id()
+
+    def __call__(self, metrics: dict[str, Any], checkpoint: dict[str, Any] | None) -> None:
+        metrics = {**metrics, "node_id": self.node_id}
+        start = time.perf_counter()
+        if checkpoint is None or not self.policy.due(metrics["epoch"], start):
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(checkpoint, Path(d) / CHECKPOINT_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+        end = time.perf_counter()
+        self.policy.written(end, end - start)
 
 
-def run_trial(params: dict[str, Any], base: TrialConfig) -> None:
-    """Train the base config with this trial's sample, resuming from Tune's checkpoint."""
+def run_trial(params: dict[str, Any], base: TrialConfig, rungs: tuple[int, ...] = (),
+              checkpoint_period_s: float | None = None) -> None:
+    """Train the base config with this trial's sample, resuming from Tune's checkpoint.
+
+    `rungs` and `checkpoint_period_s` say when to checkpoint (search/checkpoints.py).
+    """
     cfg = trial_config(base, params)
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # a line per checkpoint is noise
     checkpoint = tune.get_checkpoint()
     resume = load_checkpoint(checkpoint) if checkpoint else None
+    warm.use_assigned_cpus(ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0))
+    report = Reporter(CheckpointPolicy(cfg.train.epochs, rungs, checkpoint_period_s))
     try:
-        train(cfg, report, resume=resume)
+        train(cfg, report, resume=resume,
+              dataset=warm.dataset(cfg.data, pick_device(cfg.train.device)))
     finally:
-        # Free this trial's GPU memory before the process runs anything else.
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        # The process may run another trial next: keep nothing of this one.
+        warm.release(compiled=cfg.train.compile or bool(cfg.optimizer.fused))

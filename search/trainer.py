@@ -91,17 +91,19 @@ def evaluate(model: nn.Module, loader: data.DeviceLoader, autocast) -> tuple[flo
     return loss_sum / count, correct / count
 
 
-def train(cfg: TrialConfig, report: Report, resume: Checkpoint | None = None) -> Metrics:
+def train(cfg: TrialConfig, report: Report, resume: Checkpoint | None = None,
+          dataset: data.Dataset | None = None) -> Metrics:
     """Train `cfg` for `cfg.train.epochs`, calling `report(metrics, checkpoint)` each epoch.
 
+    `dataset` is `cfg.data` already loaded (a warm trial process keeps it); None loads it.
     A non-finite training loss ends the run: the epoch is reported with
     `diverged: True` and `val_acc` 0, and no checkpoint. Returns the last metrics.
     """
     device = pick_device(cfg.train.device)
     cuda = device.type == "cuda"
     torch.manual_seed(cfg.train.seed)
-    ds = data.load(cfg.data)
-    train_split, val_split = ds.train.to(device), ds.val.to(device)
+    ds = (dataset or data.load(cfg.data)).to(device)
+    train_split, val_split = ds.train, ds.val
     generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
     loader = data.DeviceLoader(
         train_split,

@@ -1,0 +1,106 @@
+"""Warm trial processes: what a reused Ray worker keeps between trials, and what it drops.
+
+With `TuneConfig(reuse_actors=True)` one worker process runs trial after trial, so the
+imports, the dataset and the device context are paid once per process, not once per trial.
+Kept: the loaded dataset, already on the trial's device, keyed by its config (a few MB for
+digits or CIFAR-10; two configs at most). Dropped after every trial (`release`): the
+trial's objects (model, optimizer state, gradients), torch.compile's caches (compiled
+graphs hold on to memory and would serve a later trial's different model), and the CUDA
+caching allocator's blocks. A trial seeds every generator it uses (`search.trainer`), so no
+random state carries over either.
+
+`preload` runs as Ray's `worker_process_setup_hook` when a worker process starts, before
+any trial is placed on it: it imports the trainer and loads the search's dataset while the
+driver is still setting up, so the first trial on the process starts training at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import json
+import math
+import os
+import sys
+from collections import OrderedDict
+
+import torch
+
+from search import data
+from search.config import DataConfig
+
+PRELOAD_ENV = "ADAMSEARCH_PRELOAD_DATA"  # a DataConfig as JSON, set by the driver
+_CACHE_SIZE = 2  # datasets kept per process and device (a search uses one)
+_datasets: OrderedDict[tuple[DataConfig, str], data.Dataset] = OrderedDict()
+
+
+def dataset(cfg: DataConfig, device: torch.device) -> data.Dataset:
+    """`data.load(cfg)` with both splits on `device`, loaded once per process."""
+    key = (cfg, str(device))
+    if key not in _datasets:
+        host = _datasets[(cfg, "cpu")] if (cfg, "cpu") in _datasets else data.load(cfg)
+        _datasets[(cfg, "cpu")] = host
+        _datasets[key] = host.to(device)
+    _datasets.move_to_end(key)
+    while len(_datasets) > _CACHE_SIZE:
+        _datasets.popitem(last=False)
+    return _datasets[key]
+
+
+def use_assigned_cpus(cpus: float) -> None:
+    """Compute with as many threads as the trial has CPUs (at least one).
+
+    Ray sets OMP_NUM_THREADS when a task starts, but a warm process imported torch before
+    that (in `preload`), so torch would use every core of the machine: two trials on two
+    cores then run at half speed each.
+    """
+    torch.set_num_threads(max(1, math.floor(cpus)))
+
+
+def release(compiled: bool) -> None:
+    """Leave the process as the next trial expects it: nothing of this trial kept.
+
+    `compiled`: the trial used torch.compile (its model or a fused optimizer step).
+    """
+    if compiled:
+        torch._dynamo.reset()
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+    _trim_heap()
+
+
+def _trim_heap() -> None:
+    """Give the trial's freed host memory back to the OS.
+
+    Each trial trains in a new thread (Ray starts one per trial), and glibc serves each
+    thread from its own malloc arena; the memory a finished trial freed stays mapped in
+    its arena, so without this a reused process grows by about one trial's model and
+    optimizer state per trial (measured: +170 MB over 15 trials of a 0.8M-parameter MLP).
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # not glibc (musl): nothing to do
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def preload() -> None:
+    """Ray's worker_process_setup_hook: what the first trial of a process would pay.
+
+    Imports the trial's code (torch, models, optim, Ray's session and storage), builds an
+    optimizer once (torch.optim's first one imports torch._dynamo: about 1 s) and loads
+    the search's dataset on the host."""
+    import optim
+    import search.trainable  # noqa: F401
+
+    optim.Adam([torch.zeros(1, requires_grad=True)])
+    raw = os.environ.get(PRELOAD_ENV)
+    if raw:
+        # A bad dataset is the trial's to report, with its config; here it stays unloaded.
+        with contextlib.suppress(Exception):
+            dataset(DataConfig.model_validate(json.loads(raw)), torch.device("cpu"))
+    # What is loaded now stays for the process's life: keep the garbage collector from
+    # scanning it again (a full collection over torch's 400k objects takes 0.2 s, which
+    # `release` would otherwise pay after every trial).
+    gc.collect()
+    gc.freeze()

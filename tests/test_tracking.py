@@ -1,0 +1,113 @@
+"""The MLflow writer (search/tracking.py) against a real SQLite-backed MLflow store."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from search.tracking import RETRY_S, Tracker, transient
+
+
+@pytest.fixture
+def tracker(tmp_path):
+    t = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "exp", str(tmp_path / "s"), "s",
+                {"train.epochs": "3"})
+    t.start()
+    assert t.drain(timeout_s=60)
+    return t
+
+
+def history(t: Tracker, trial_id: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in t.client.get_metric_history(t.children[trial_id], "val_acc")]
+
+
+def test_epochs_queued_together_go_out_as_one_batch_per_trial_in_order(tracker):
+    calls = []
+    real = tracker.client.log_batch
+
+    def counting(run_id, **kw):
+        calls.append(run_id)
+        return real(run_id, **kw)
+
+    for trial in ("a", "b", "c"):
+        tracker.start_trial(trial, trial, {"lr": 0.1})
+    assert tracker.drain(timeout_s=30)
+    tracker.client.log_batch = counting
+    with tracker._cv:  # hold the writer: everything below is queued before it looks again
+        for epoch in range(1, 51):
+            for trial in ("a", "b", "c"):
+                tracker.log_epoch(trial, {"epoch": epoch, "val_acc": epoch / 100, "pid": 1})
+    assert tracker.drain(timeout_s=30)
+    for trial in ("a", "b", "c"):
+        assert history(tracker, trial) == [(e, e / 100) for e in range(1, 51)]
+    assert len(calls) == 3  # one log_batch per trial, not one per epoch
+    run = tracker.client.get_run(tracker.children["a"])
+    assert set(run.data.metrics) == {"val_acc"}  # only the tracked metrics, no pid
+
+
+def test_a_replayed_epoch_is_logged_once(tracker):
+    tracker.start_trial("a", "a", {"lr": 0.1})
+    for epoch in (1, 2, 3, 2, 3, 4):  # a retry from the epoch-1 checkpoint replays 2 and 3
+        tracker.log_epoch("a", {"epoch": epoch, "val_acc": epoch / 10})
+    assert tracker.drain(timeout_s=30)
+    assert [s for s, _ in history(tracker, "a")] == [1, 2, 3, 4]
+
+
+def test_a_write_that_would_fail_again_is_dropped_without_blocking_the_rest(tracker, caplog):
+    tracker.start_trial("a", "a", {"lr": 0.1})
+
+    def broken() -> None:
+        raise KeyError("no such trial")
+
+    tracker.submit(broken)
+    tracker.log_epoch("a", {"epoch": 1, "val_acc": 0.5})
+    with caplog.at_level(logging.ERROR, logger="search.tracking"):
+        assert tracker.drain(timeout_s=30)
+    assert history(tracker, "a") == [(1, 0.5)]
+    assert "MLflow write dropped: KeyError" in caplog.text
+
+
+def test_a_server_outage_is_retried_and_a_half_made_run_is_not_made_twice(tracker, caplog):
+    # The server creates the run, then the connection breaks before the answer arrives.
+    real = tracker.client.create_run
+    failures = []
+
+    def flaky(*args, **kwargs):
+        run = real(*args, **kwargs)
+        if not failures:
+            failures.append(1)
+            raise ConnectionError("connection reset by peer")
+        return run
+
+    tracker.client.create_run = flaky
+    with caplog.at_level(logging.WARNING, logger="search.tracking"):
+        tracker.start_trial("a", "a", {"lr": 0.1})
+        tracker.log_epoch("a", {"epoch": 1, "val_acc": 0.5})
+        assert tracker.drain(timeout_s=RETRY_S + 30)
+    assert "MLflow unreachable" in caplog.text
+    kids = tracker.client.search_runs(
+        [tracker.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = "
+                                               f"'{tracker.parent_run_id}'")
+    assert len(kids) == 1 and history(tracker, "a") == [(1, 0.5)]
+    assert kids[0].data.params == {"lr": "0.1"}
+
+
+def test_only_connection_and_server_errors_count_as_transient():
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    assert transient(ConnectionError("refused")) and transient(OSError("reset"))
+    assert transient(MlflowException("API request failed with exception ..."))  # 500
+    assert not transient(MlflowException("bad value", error_code=INVALID_PARAMETER_VALUE))
+    assert not transient(KeyError("x"))
+
+
+def test_nothing_is_written_before_start(tmp_path):
+    t = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "exp", "s", "s", {})
+    assert not t.drain(timeout_s=2)  # the open waits for start()
+    assert not (tmp_path / "mlflow.db").exists()
+    t.start()
+    assert t.drain(timeout_s=60)
+    assert MlflowClient(t.tracking_uri).get_experiment_by_name("exp") is not None
