@@ -11,6 +11,7 @@ import logging
 import os
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -22,6 +23,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from search import cluster, results
 from search import config as config_
 from search.asha import RungState, rung_epochs
+from search.checkpoints import CheckpointJanitor
 from search.cli import run_main
 from search.config import ConfigError, SearchConfig
 from search.optuna_search import OptunaSearch
@@ -125,13 +127,14 @@ def trial_dirname(trial: tune.experiment.Trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def trainable(cfg: SearchConfig):
-    """One trial of this search, with the resources each trial asks for."""
+def trainable(cfg: SearchConfig, trial: Callable[..., None] = run_trial):
+    """One trial of this search, with the resources each trial asks for. `trial` is a
+    function with `run_trial`'s signature (bench.driver passes one that computes nothing)."""
     s = cfg.scheduler
     rungs = (rung_epochs(s.grace_period, s.reduction_factor, cfg.train.epochs)
              if s.name == "asha" else ())
     return tune.with_resources(
-        tune.with_parameters(run_trial, base=cfg.trial(), rungs=rungs,
+        tune.with_parameters(trial, base=cfg.trial(), rungs=rungs,
                              checkpoint_period_s=cfg.search.checkpoint_period_s),
         {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial},
     )
@@ -147,7 +150,7 @@ def tracking_callback(cfg: SearchConfig, storage: str, name: str,
 
 
 def build_tuner(cfg: SearchConfig, storage: str, name: str, tracking: TrackingCallback,
-                verbose: bool = False) -> tune.Tuner:
+                verbose: bool = False, trial: Callable[..., None] = run_trial) -> tune.Tuner:
     """Ray's and Optuna's own objects, composed: the whole search in one place."""
     s = cfg.search
     sampler = (
@@ -168,7 +171,7 @@ def build_tuner(cfg: SearchConfig, storage: str, name: str, tracking: TrackingCa
         if cfg.scheduler.name == "asha" else FIFOScheduler()
     )
     return tune.Tuner(
-        trainable(cfg),
+        trainable(cfg, trial),
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=s.num_samples,
             max_concurrent_trials=s.max_concurrent, metric=s.metric, mode=s.mode,
@@ -182,15 +185,16 @@ def build_tuner(cfg: SearchConfig, storage: str, name: str, tracking: TrackingCa
             callbacks=[
                 JsonLoggerCallback(),  # each trial's result.json
                 tracking,
+                CheckpointJanitor(),
                 Progress(s.metric, s.mode, cfg.train.epochs, s.num_samples),
                 # ASHA's rungs in Ray's experiment checkpoint, so --resume keeps them.
                 *([RungState(scheduler)] if cfg.scheduler.name == "asha" else []),
                 *([results.PreloadModelLogging()] if cfg.mlflow.register_as else []),
             ],
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
-            # Two, not one: a driver killed between a trial's new checkpoint and Ray's next
-            # state snapshot must still find the checkpoint that snapshot names.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            # Ray keeps every checkpoint; CheckpointJanitor deletes those no saved experiment
+            # state names any more, so Ray can snapshot at its own (cost-bounded) period.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
         ),
     )
 
@@ -205,12 +209,6 @@ def library_settings(verbose: bool) -> None:
     env("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # MLflow prints run links with the full tracking URI, user and password included.
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
-    # A checkpoint per epoch is the design (resume at any epoch), not a bottleneck to warn of.
-    env("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # Snapshot the experiment state at every step of Ray's loop, not every 10 s or more: Ray
-    # deletes a trial's checkpoints beyond num_to_keep at once, and an older snapshot can
-    # name one already deleted, which a killed driver's --resume cannot recover from.
-    env("TUNE_GLOBAL_CHECKPOINT_S", "0")
     # Ray's loggers: result.json is kept (JsonLoggerCallback, added in build_tuner); the CSV
     # copy and TensorBoard event files, which nothing here reads, are not written.
     env("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")

@@ -295,6 +295,18 @@ class Tracker:
 
         self.submit(end)
 
+    def keep_only(self, trial_ids: set[str]) -> None:
+        """Delete (softly) the runs of trials Ray does not know: trials a killed driver
+        started after its last saved experiment state, which `--resume` starts afresh under
+        new ids."""
+
+        def delete() -> None:
+            for trial_id in [t for t in self.children if t not in trial_ids]:
+                self.client.delete_run(self.children.pop(trial_id))
+                self.logged_steps.pop(trial_id, None)
+
+        self.submit(delete)
+
     # ------------------------------------------------------------ the search
 
     def fail_search(self) -> None:
@@ -340,9 +352,10 @@ class TrackingCallback(tune.Callback):
         self.params = params
         self.epochs = epochs
         self.tracker: Tracker | None = None
+        self.reconciled = False  # MLflow's runs checked against Ray's trials
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "tracker": None}
+        return {**self.__dict__, "tracker": None, "reconciled": False}
 
     def setup(self, **info) -> None:
         self.open().start()
@@ -358,6 +371,11 @@ class TrackingCallback(tune.Callback):
                     self.params)
             self.tracker = _open_trackers[self.search_dir]
         return self.tracker
+
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        if not self.reconciled:  # first step: a resumed search's trials are all here now
+            self.reconciled = True
+            self.tracker.keep_only({t.trial_id for t in trials})
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self.tracker.start_trial(trial.trial_id, str(trial), optimizer_params(trial.config))

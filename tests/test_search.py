@@ -146,7 +146,9 @@ def ended_trials(exp_dir) -> list[str]:
 
 def test_killed_driver_resumes_and_finishes_every_trial(tmp_path):
     (tmp_path / "conf.yaml").write_text(SEARCH.replace("num_samples: 8", "num_samples: 5"))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # Ray snapshots every second here (its default is every 10 s or more), so that the kill
+    # lands mid-search, with checkpoints being deleted as snapshots supersede them.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     driver = subprocess.Popen(
         [sys.executable, "-m", "search.run", "conf.yaml", "--name", "k"],
         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import json
 import os
 import subprocess
 import sys
@@ -118,23 +117,21 @@ scheduler: {name: fifo}
         stderr=subprocess.STDOUT, text=True)
     exp = tmp_path / "runs" / "rss"
     samples: list[tuple[int, int]] = []  # (trials started so far, RSS of the worker)
-    worker = None
+    workers: set[int] = set()
+    driver_proc = psutil.Process(driver.pid)
     while driver.poll() is None:
-        results = list(exp.glob("trial_*/result.json"))
-        if worker is None and results:
-            lines = results[0].read_text().splitlines()
-            worker = psutil.Process(json.loads(lines[0])["pid"]) if lines else None
-        if worker is not None:
+        started = len(list(exp.glob("trial_*")))  # a trial's folder appears as it starts
+        for proc in driver_proc.children(recursive=True):
             try:
-                samples.append((len(results), worker.memory_info().rss))
-            except psutil.NoSuchProcess:
-                break
+                if proc.cmdline()[:1] == ["ray::ImplicitFunc.train"]:  # a trial's process
+                    workers.add(proc.pid)
+                    samples.append((started, proc.memory_info().rss))
+            except (psutil.NoSuchProcess, psutil.AccessDenied, IndexError):
+                pass
         time.sleep(0.05)
     out, _ = driver.communicate(timeout=300)
     assert driver.returncode == 0, out[-3000:]
-    pids = {json.loads(r.read_text().splitlines()[0])["pid"]
-            for r in exp.glob("trial_*/result.json")}
-    assert len(pids) == 1  # one process ran all 20 trials
+    assert len(workers) == 1  # one process ran all 20 trials
     early = max(rss for n, rss in samples if 4 <= n <= 6)
     late = max(rss for n, rss in samples if n >= 18)
     assert late - early < 40 * 2**20, (early / 2**20, late / 2**20)
