@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -80,16 +80,18 @@ def transient(error: Exception) -> bool:
 
 
 @dataclass(frozen=True)
-class EpochMetrics:
-    """One epoch of one trial, queued for MLflow; consecutive ones are sent as one batch."""
+class RunUpdate:
+    """Metrics of one epoch and/or tags for one trial's run, queued for MLflow. Consecutive
+    updates go out as one `log_batch` per run; an epoch logged before is skipped."""
 
     trial_id: str
-    step: int
-    values: dict[str, float]
-    timestamp_ms: int
+    step: int | None = None  # the epoch the metrics are of
+    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    timestamp_ms: int = 0
 
 
-Job = Callable[[], None] | EpochMetrics
+Job = Callable[[], None] | RunUpdate
 
 
 class Tracker:
@@ -183,14 +185,14 @@ class Tracker:
             self._cv.wait_for(lambda: (not self._jobs and not self._busy) or self._warned)
 
     def _take(self) -> list[Job]:
-        """The next job, or every epoch-metrics job at the head of the queue together."""
+        """The next job, or every run update at the head of the queue together."""
         with self._cv:
             self._cv.wait_for(lambda: self._jobs)
             self._busy = True
-            if not isinstance(self._jobs[0], EpochMetrics):
+            if not isinstance(self._jobs[0], RunUpdate):
                 return [self._jobs.popleft()]
             group = []
-            while self._jobs and isinstance(self._jobs[0], EpochMetrics):
+            while self._jobs and isinstance(self._jobs[0], RunUpdate):
                 group.append(self._jobs.popleft())
             return group
 
@@ -222,25 +224,27 @@ class Tracker:
                 time.sleep(RETRY_S)
 
     def _deliver(self, group: list[Job]) -> None:
-        if not isinstance(group[0], EpochMetrics):
+        if not isinstance(group[0], RunUpdate):
             group[0]()
             group.pop()
             return
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric, RunTag
 
-        by_trial: dict[str, list[EpochMetrics]] = {}
-        for m in group:
-            by_trial.setdefault(m.trial_id, []).append(m)
-        for trial_id, epochs in by_trial.items():
+        by_trial: dict[str, list[RunUpdate]] = {}
+        for update in group:
+            by_trial.setdefault(update.trial_id, []).append(update)
+        for trial_id, updates in by_trial.items():
             steps = self.logged_steps.setdefault(trial_id, set())
-            fresh = [e for e in epochs if e.step not in steps]  # replayed after a retry: skip
-            batch = [Metric(k, v, e.timestamp_ms, e.step)
-                     for e in fresh for k, v in e.values.items()]
-            for i in range(0, len(batch), 1000):  # MLflow takes at most 1000 metrics a batch
-                self.client.log_batch(self.children[trial_id], metrics=batch[i : i + 1000])
-            steps.update(e.step for e in fresh)
-            for e in epochs:
-                group.remove(e)
+            fresh = [u for u in updates if u.step is not None and u.step not in steps]
+            metrics = [Metric(k, v, u.timestamp_ms, u.step)
+                       for u in fresh for k, v in u.metrics.items()]
+            tags = [RunTag(k, v) for u in updates for k, v in u.tags.items()]
+            for i in range(0, max(len(metrics), 1), 1000):  # at most 1000 metrics a batch
+                self.client.log_batch(self.children[trial_id], metrics=metrics[i : i + 1000],
+                                      tags=tags if i == 0 else [])
+            steps.update(u.step for u in fresh)
+            for u in updates:
+                group.remove(u)
 
     # ------------------------------------------------------------ trials
 
@@ -277,23 +281,16 @@ class Tracker:
 
     def log_epoch(self, trial_id: str, metrics: dict[str, Any]) -> None:
         values = {k: float(metrics[k]) for k in METRICS if k in metrics}
-        self.submit(EpochMetrics(trial_id, int(metrics["epoch"]), values,
-                                 int(time.time() * 1000)))
+        self.submit(RunUpdate(trial_id, int(metrics["epoch"]), values,
+                              timestamp_ms=int(time.time() * 1000)))
 
     def tag_trial(self, trial_id: str, key: str, value: str) -> None:
-        self.submit(lambda: self.client.set_tag(self.children[trial_id], key, value))
+        self.submit(RunUpdate(trial_id, tags={key: value}))
 
     def end_trial(self, trial_id: str, how: str) -> None:
         status = "FAILED" if how == "failed" else "FINISHED"
-
-        def end() -> None:
-            from mlflow.entities import RunTag
-
-            run_id = self.children[trial_id]
-            self.client.log_batch(run_id, tags=[RunTag("outcome", how)])
-            self.client.set_terminated(run_id, status)
-
-        self.submit(end)
+        self.submit(RunUpdate(trial_id, tags={"outcome": how}))
+        self.submit(lambda: self.client.set_terminated(self.children[trial_id], status))
 
     def keep_only(self, trial_ids: set[str]) -> None:
         """Delete (softly) the runs of trials Ray does not know: trials a killed driver

@@ -38,13 +38,16 @@ def test_epochs_queued_together_go_out_as_one_batch_per_trial_in_order(tracker):
     with tracker._cv:  # hold the writer: everything below is queued before it looks again
         for epoch in range(1, 51):
             for trial in ("a", "b", "c"):
+                if epoch == 1:
+                    tracker.tag_trial(trial, "node_id", "n1")
                 tracker.log_epoch(trial, {"epoch": epoch, "val_acc": epoch / 100, "pid": 1})
     assert tracker.drain(timeout_s=30)
     for trial in ("a", "b", "c"):
         assert history(tracker, trial) == [(e, e / 100) for e in range(1, 51)]
-    assert len(calls) == 3  # one log_batch per trial, not one per epoch
+    assert len(calls) == 3  # one log_batch per trial, tags included, not one per epoch
     run = tracker.client.get_run(tracker.children["a"])
     assert set(run.data.metrics) == {"val_acc"}  # only the tracked metrics, no pid
+    assert run.data.tags["node_id"] == "n1"
 
 
 def test_a_replayed_epoch_is_logged_once(tracker):
