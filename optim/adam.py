@@ -22,15 +22,19 @@ Params = Iterable[Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, Tenso
 
 
 def _shown(value: float | Tensor) -> str:
-    return repr(value.item()) if isinstance(value, Tensor) and value.dim() == 0 else repr(value)
+    return repr(value.item()) if isinstance(value, Tensor) and value.numel() == 1 else repr(value)
 
 
-def _check_scalar(name: str, value: float | Tensor) -> None:
-    # A tensor hyperparameter is read with `float()` at each step; only a 0-dim tensor
-    # unambiguously is one number.
-    if isinstance(value, Tensor) and value.dim() != 0:
-        shape = tuple(value.shape)
-        raise ValueError(f"{name} must be a float or a 0-dim tensor, got shape {shape}")
+def _check_scalar(name: str, value: float | Tensor, foreach: bool | None) -> None:
+    # torch's rules: a tensor hyperparameter holds one number (any shape, squeezed at each
+    # step), and the non-capturable multi-tensor path takes none.
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            shape = tuple(value.shape)
+            raise ValueError(f"{name} must be a float or a 1-element tensor, got shape {shape}")
+        if foreach:
+            raise ValueError(f"{name} as a Tensor is not supported for capturable=False and "
+                             "foreach=True")
 
 
 def _validate(
@@ -38,16 +42,19 @@ def _validate(
     betas: tuple[float | Tensor, float | Tensor],
     eps: float,
     weight_decay: float,
+    foreach: bool | None = None,
 ) -> None:
     """Raise ValueError naming the first invalid hyperparameter and its value."""
-    _check_scalar("lr", lr)
+    _check_scalar("lr", lr, foreach)
     # `not x >= 0` (rather than `x < 0`) also rejects NaN.
     if not (lr >= 0.0 and math.isfinite(lr)):
         raise ValueError(f"lr must be a finite number >= 0, got {_shown(lr)}")
     if len(betas) != 2:
         raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    if isinstance(betas[0], Tensor) != isinstance(betas[1], Tensor):
+        raise ValueError("betas must be either both floats or both Tensors")
     for i, beta in enumerate(betas):
-        _check_scalar(f"betas[{i}]", beta)
+        _check_scalar(f"betas[{i}]", beta, foreach)
         if not 0.0 <= beta < 1.0:
             raise ValueError(f"betas[{i}] must be in [0, 1), got {_shown(beta)}")
     if not eps >= 0.0:
@@ -150,7 +157,7 @@ class Adam(torch.optim.Optimizer):
         fused: bool | None = None,
         state_dtype: str = "fp32",
     ) -> None:
-        _validate(lr, betas, eps, weight_decay)
+        _validate(lr, betas, eps, weight_decay, foreach)
         check_implementation(foreach, fused, state_dtype)
         defaults = {
             "lr": lr,

@@ -29,9 +29,14 @@ __all__ = [
 
 
 def _as_float(x: float | Tensor) -> float:
-    # Non-capturable paths do their scalar math in Python doubles, as torch does with float
-    # hyperparameters; a tensor lr/beta therefore gives the same result as its `.item()`.
+    # The multi-tensor path does its scalar math in Python doubles, as torch's does (which
+    # takes float hyperparameters only; `adam` sends tensor ones to the single-tensor path).
     return float(x)
+
+
+def _to_scalar(x: float | Tensor) -> float | Tensor:
+    """A 1-element tensor as a 0-dim one, a float as it is (torch.optim's `_to_scalar`)."""
+    return x.squeeze() if isinstance(x, Tensor) and x.dim() != 0 else x
 
 
 def adam_single_tensor(
@@ -53,9 +58,13 @@ def adam_single_tensor(
 ) -> None:
     """Reference implementation: one Adam step, one tensor at a time.
 
-    `max_exp_avg_sqs` is read only when `amsgrad` (it may be empty otherwise).
+    `max_exp_avg_sqs` is read only when `amsgrad` (it may be empty otherwise). Tensor lr
+    and betas stay tensors, as in torch: `1 - lr * weight_decay`, the bias corrections and
+    the step size are then computed in the hyperparameter's dtype, and beta1 in the param's
+    dtype for the first moment, so a float32 lr on float64 params gives torch's exact bits.
     """
-    lr, beta1, beta2 = _as_float(lr), _as_float(beta1), _as_float(beta2)
+    lr, beta1, beta2 = _to_scalar(lr), _to_scalar(beta1), _to_scalar(beta2)
+    beta1_by_key = {(beta1.device, beta1.dtype): beta1} if isinstance(beta1, Tensor) else None
 
     for i, param in enumerate(params):
         # New tensors, never in place: `.grad` belongs to the caller.
@@ -84,7 +93,13 @@ def adam_single_tensor(
             if max_exp_avg_sq is not None:
                 max_exp_avg_sq = torch.view_as_real(max_exp_avg_sq)
 
-        exp_avg.lerp_(grad, 1 - beta1)
+        device_beta1 = beta1
+        if beta1_by_key is not None:  # moved to the param's device and dtype, once each
+            key = (param.device, param.dtype)
+            if key not in beta1_by_key:
+                beta1_by_key[key] = beta1.to(device=param.device, dtype=param.dtype)
+            device_beta1 = beta1_by_key[key]
+        exp_avg.lerp_(grad, 1 - device_beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
 
         step = step_t.item()
@@ -288,7 +303,8 @@ def adam(
     if state_dtype != "fp32":
         lowmem.adam_low_memory(*lists, **hyper)
         return
-    if foreach is None:
-        foreach = default_foreach(params)
+    if foreach is None:  # tensor hyperparameters: the single-tensor path, as in torch
+        foreach = default_foreach(params) and not any(
+            isinstance(x, Tensor) for x in (lr, beta1, beta2))
     impl = adam_foreach if foreach else adam_single_tensor
     impl(*lists, **hyper)

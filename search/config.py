@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +18,19 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DATASETS = ("digits", "synthetic", "mnist", "fashion_mnist", "cifar10", "cifar100")
+MAX_CONFIG_BYTES = 1_000_000  # a config is a page of YAML; a bigger file is a wrong path
+# A search name becomes a folder under the storage path and an MLflow experiment: one path
+# component of letters, digits, '.', '_' and '-', starting with a letter or digit.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_name(name: str, field: str) -> str:
+    """A search name that stays inside its folder, or a ConfigError naming `field`."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise ConfigError(f"{field} {name!r}: a search name is one folder name: letters, "
+                          "digits, '.', '_' and '-', starting with a letter or digit, "
+                          "at most 128 characters")
+    return name
 
 
 class ConfigError(Exception):
@@ -202,6 +216,15 @@ class MlflowConfig(Section):
     experiment: str | None = None  # None: the search's name
     register_as: str | None = None  # registered model name for the best checkpoint
 
+    @field_validator("register_as")
+    @classmethod
+    def _model_name(cls, name: str | None) -> str | None:
+        # Stricter than MLflow, which would refuse some names only once the search is over.
+        if name is not None and not NAME_PATTERN.fullmatch(name):
+            raise ValueError("a model name is letters, digits, '.', '_' and '-', starting "
+                             "with a letter or digit, at most 128 characters")
+        return name
+
 
 class RayConfig(Section):
     address: str | None = None  # None: start Ray on this machine
@@ -217,6 +240,14 @@ class SearchConfig(TrialConfig):
     resources: ResourcesConfig = ResourcesConfig()
     mlflow: MlflowConfig = MlflowConfig()
     ray: RayConfig = RayConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str | None) -> str | None:
+        if name is not None and not NAME_PATTERN.fullmatch(name):
+            raise ValueError("a search name is one folder name: letters, digits, '.', '_' "
+                             "and '-', starting with a letter or digit, at most 128 characters")
+        return name
 
     @model_validator(mode="after")
     def _grace_within_epochs(self) -> SearchConfig:
@@ -253,12 +284,19 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {path.stat().st_size} bytes; a config is at most "
+                          f"{MAX_CONFIG_BYTES} bytes")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+                          f"{e.start})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
-        raise ConfigError(f"{path}: invalid YAML{where}: {getattr(e, 'problem', e)}") from None
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())  # one line
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
     if raw is None:
         raise ConfigError(f"{path}: empty config file")
     if not isinstance(raw, dict):

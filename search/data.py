@@ -29,6 +29,16 @@ EXPECTED_FILES = {
 }
 
 
+# The torchvision dataset classes by config name (looked up lazily: torchvision is slow to
+# import and most searches never need it).
+TORCHVISION = {
+    "cifar10": lambda d: d.CIFAR10,
+    "cifar100": lambda d: d.CIFAR100,
+    "mnist": lambda d: d.MNIST,
+    "fashion_mnist": lambda d: d.FashionMNIST,
+}
+
+
 class DatasetMissing(ConfigError):
     """The dataset is not on disk and could not be downloaded."""
 
@@ -106,12 +116,7 @@ def _synthetic(cfg: DataConfig) -> tuple[Tensor, Tensor, int]:
 def _torchvision(cfg: DataConfig) -> tuple[Tensor, Tensor, int]:
     from torchvision import datasets
 
-    cls = {
-        "cifar10": datasets.CIFAR10,
-        "cifar100": datasets.CIFAR100,
-        "mnist": datasets.MNIST,
-        "fashion_mnist": datasets.FashionMNIST,
-    }[cfg.dataset]
+    cls = TORCHVISION[cfg.dataset](datasets)
     try:
         ds = cls(cfg.root, train=True, download=cfg.download)
     except (RuntimeError, OSError) as e:  # not found, or the download failed
@@ -128,6 +133,34 @@ def _torchvision(cfg: DataConfig) -> tuple[Tensor, Tensor, int]:
     x = torch.as_tensor(ds.data)
     x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)  # to (N, C, H, W)
     return x.contiguous(), torch.as_tensor(ds.targets).long(), len(ds.classes)
+
+
+def required_files(cfg: DataConfig) -> list[Path]:
+    """The files torchvision checks for under `data.root` before it loads a dataset."""
+    from torchvision import datasets
+
+    cls = TORCHVISION[cfg.dataset](datasets)
+    root = Path(cfg.root)
+    if hasattr(cls, "resources"):  # MNIST and FashionMNIST: the extracted downloads
+        return [root / cls.__name__ / "raw" / Path(url).stem for url, _ in cls.resources]
+    return [root / cls.base_folder / name for name, _ in cls.train_list + cls.test_list]
+
+
+def check_present(cfg: DataConfig) -> None:
+    """Raise DatasetMissing, naming the files and the folder, unless the dataset is there
+    (or will be downloaded). A search checks this before Ray starts: every trial would
+    otherwise fail the same way."""
+    if cfg.dataset not in TORCHVISION or cfg.download:
+        return
+    missing = [f for f in required_files(cfg) if not f.is_file()]
+    if missing:
+        root = Path(cfg.root).resolve()
+        names = ", ".join(str(f.relative_to(cfg.root)) for f in missing[:3])
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise DatasetMissing(
+            f"data.dataset {cfg.dataset!r} not found under {root}: missing {names}{more} "
+            f"(expected {EXPECTED_FILES[cfg.dataset]}); set data.download: true to fetch "
+            "it, or place those files there")
 
 
 def load(cfg: DataConfig) -> Dataset:

@@ -22,6 +22,11 @@ class OptunaSearch(RayOptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
+        if result is not None and result.get("error") and trial_id not in self._completed_trials:
+            # A trial that reported a deterministic error (search/trainable.py) failed.
+            self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.FAIL)
+            self._completed_trials.add(trial_id)
+            return
         stopped_early = (
             result is not None
             and not error

@@ -13,12 +13,11 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Any
 
 from ray import tune
 
 from search.space import optimizer_params
-from search.tracking import outcome
+from search.tracking import error_line, outcome
 
 log = logging.getLogger("search.progress")
 
@@ -32,12 +31,6 @@ def fmt(value: float) -> str:
 def sample_line(params: dict[str, float]) -> str:
     """`lr=0.00506 beta1=0.975863 ...`: a trial's sampled optimizer values."""
     return " ".join(f"{k}={fmt(v)}" for k, v in params.items())
-
-
-def first_line(error: Any) -> str:
-    text = str(error).strip()
-    lines = [line for line in text.splitlines() if line.strip()]
-    return lines[-1][:200] if lines else type(error).__name__
 
 
 def setup_logging(verbose: bool) -> None:
@@ -97,6 +90,9 @@ class Progress(tune.Callback):
                                            else value < self.best[0])
             if better:
                 self.best = (value, trial.trial_id)
+        if how == "failed":  # a deterministic error the trial reported (not retried)
+            self._ended(trial, how, f"failed: {last.get('error')}", trials)
+            return
         detail = {
             "completed": f"completed {last.get('epoch', '?')} epochs",
             "pruned": f"pruned at epoch {last.get('epoch', '?')}",
@@ -106,8 +102,7 @@ class Progress(tune.Callback):
         self._ended(trial, how, f"{detail}{shown}", trials)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        error = getattr(trial, "error_msg", None) or "error"
-        self._ended(trial, "failed", f"failed: {first_line(error)}", trials)
+        self._ended(trial, "failed", f"failed: {error_line(trial.get_error())}", trials)
 
     def _ended(self, trial, how: str, detail: str, trials) -> None:
         self.ended[trial.trial_id] = how

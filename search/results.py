@@ -15,7 +15,7 @@ from search import config as config_
 from search.config import SearchConfig
 from search.progress import sample_line
 from search.space import optimizer_params, trial_config
-from search.tracking import Tracker, outcome, redact
+from search.tracking import Tracker, error_line, outcome, redact
 
 if TYPE_CHECKING:
     from ray.tune import ResultGrid
@@ -35,6 +35,7 @@ class TrialSummary:
     value: float  # the search metric at the trial's last epoch
     params: dict[str, float]
     result: Any  # ray.tune.Result
+    error: str | None = None  # why a failed trial failed: its error's own line
 
 
 def summarize(grid: ResultGrid, cfg: SearchConfig) -> list[TrialSummary]:
@@ -44,8 +45,10 @@ def summarize(grid: ResultGrid, cfg: SearchConfig) -> list[TrialSummary]:
         m = r.metrics or {}
         how = outcome(m, cfg.train.epochs, error=r.error is not None)
         value = m.get(cfg.search.metric, math.nan)
-        rows.append(TrialSummary(m.get("trial_id", "?"), how, int(m.get("epoch", 0)),
-                                 float(value), optimizer_params(r.config or {}), r))
+        trial_id = m.get("trial_id") or Path(r.path).name.removeprefix("trial_")
+        error = m.get("error") or (error_line(r.error) if r.error is not None else None)
+        rows.append(TrialSummary(trial_id, how, int(m.get("epoch", 0)), float(value),
+                                 optimizer_params(r.config or {}), r, error))
     sign = -1 if cfg.search.mode == "max" else 1
 
     # Trials that ran every epoch rank first: the best config is one validated at the
@@ -143,6 +146,11 @@ def print_summary(rows: list[TrialSummary], cfg: SearchConfig, best_yaml: Path |
     for r in rows[:5]:
         log.info("  %s  %-9s epochs %3d  %s %.4f  %s", r.trial_id, r.outcome, r.epochs,
                  cfg.search.metric, r.value, sample_line(r.params))
+    failed = [r for r in rows if r.outcome == "failed"]
+    for r in failed[:5]:
+        log.info("  %s  failed: %s", r.trial_id, r.error)
+    if len(failed) > 5:
+        log.info("  ... and %d more failed trials", len(failed) - 5)
     if best_yaml is not None:
         log.info("best config: %s  (retrain: python -m search.train %s)", best_yaml, best_yaml)
     ui = (f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1"

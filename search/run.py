@@ -10,7 +10,6 @@ import argparse
 import logging
 import os
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from search import cluster, results
+from search import cluster, data, results
 from search import config as config_
 from search.asha import RungState, rung_epochs
 from search.checkpoints import CheckpointJanitor
@@ -29,7 +28,14 @@ from search.config import ConfigError, SearchConfig
 from search.optuna_search import OptunaSearch
 from search.progress import Progress, setup_logging
 from search.space import DefineByRun, searched
-from search.tracking import DRAIN_S, REDACTED, TrackingCallback, flatten, redact
+from search.tracking import (
+    DRAIN_S,
+    REDACTED,
+    TrackingCallback,
+    check_tracking_uri,
+    flatten,
+    redact,
+)
 from search.trainable import run_trial
 
 log = logging.getLogger("search")
@@ -69,8 +75,10 @@ def resolve(args: argparse.Namespace) -> tuple[SearchConfig, str, str]:
     cfg = config_.load(args.config, what + where)
     storage = args.storage_path or str(Path("runs").resolve())
     local = "://" not in storage
+    if local and Path(storage).exists() and not Path(storage).is_dir():
+        raise ConfigError(f"--storage-path {storage}: exists and is not a folder")
     stem = cfg.name or Path(args.config).stem
-    name = args.name
+    name = config_.check_name(args.name, "--name") if args.name is not None else None
     if args.resume:
         if name is None and local:  # the latest search of this config
             found = sorted(Path(storage).glob(f"{stem}-*/{SAVED_CONFIG}"),
@@ -87,7 +95,8 @@ def resolve(args: argparse.Namespace) -> tuple[SearchConfig, str, str]:
                 raise ConfigError("--resume: the tracking URI's credentials are not stored; "
                                   "pass --tracking-uri again")
     else:
-        name = name or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        name = name or config_.check_name(f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                          "the config file's name (pick one with --name)")
         if local and Path(storage, name).exists():
             raise ConfigError(f"--name {name}: {storage}/{name} exists; "
                               "add --resume to continue it, or pick another name")
@@ -104,22 +113,6 @@ def public(cfg: SearchConfig) -> dict:
     if raw["mlflow"]["tracking_uri"]:
         raw["mlflow"]["tracking_uri"] = redact(raw["mlflow"]["tracking_uri"])
     return raw
-
-
-def check_tracking(uri: str) -> None:
-    """An http(s) tracking server must answer now, not after the first trial has run."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(uri)
-    bare = urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port
-                                                               else "")))
-    try:
-        urllib.request.urlopen(bare.rstrip("/") + "/health", timeout=5).close()
-    except OSError as e:
-        raise ConfigError(f"mlflow.tracking_uri {redact(uri)}: unreachable "
-                          f"({getattr(e, 'reason', e)})") from None
 
 
 def trial_dirname(trial: tune.experiment.Trial) -> str:
@@ -220,9 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
     cfg, storage, name = resolve(args)
+    data.check_present(cfg.data)  # here, not in every trial
     tracking_uri = cfg.mlflow.tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}"
     library_settings(args.verbose)
-    check_tracking(tracking_uri)
+    check_tracking_uri(tracking_uri, register=bool(cfg.mlflow.register_as))
     tracking = tracking_callback(cfg, storage, name, tracking_uri)
     tracker = tracking.open()  # imports MLflow in its writer thread while Ray starts
     cluster.connect(cfg.ray.address, preload=cfg.data)
@@ -256,10 +250,13 @@ def main(argv: list[str] | None = None) -> int:
                      results.CHAMPION)
         top = [{"trial_id": r.trial_id, "outcome": r.outcome, "epochs": r.epochs,
                 cfg.search.metric: r.value, **r.params} for r in rows[:10]]
+        failed = sum(r.outcome == "failed" for r in rows)
         tracker.finish({"params": best.params, "metric": cfg.search.metric,
-                        "value": best.value, "trial_id": best.trial_id}, top, text)
+                        "value": best.value, "trial_id": best.trial_id,
+                        "failed_trials": failed}, top, text,
+                       status="FAILED" if failed else "FINISHED")
     else:
-        tracker.fail_search()
+        tracker.fail_search(sum(r.outcome == "failed" for r in rows))
     if not tracker.drain(timeout_s=DRAIN_S):
         log.warning("%d MLflow writes could not be delivered", tracker.pending)
     results.print_summary(rows, cfg, best_yaml, tracking_uri)

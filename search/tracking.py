@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import urllib.request
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ray import tune
 
+from search.config import ConfigError
 from search.space import optimizer_params
 
 if TYPE_CHECKING:
@@ -38,6 +40,12 @@ SEARCH_TAG = "search.dir"  # identifies a search's parent run across restarts
 DRAIN_S = 300.0  # at the end, how long to wait for a tracking server to come back
 RETRY_S = 3.0  # pause between delivery attempts while the tracking server is down
 REDACTED = "***"  # stands for user:password in a printed or logged tracking URI
+DATABASE_ENGINES = ("postgresql", "mysql", "sqlite", "mssql")  # mlflow.store.db.db_types
+# Schemes MLflow 3 has tracking and model-registry stores for ("" and "file": a local
+# folder). Listed here so a bad URI is refused without importing MLflow (1 s) before Ray
+# starts; tests/test_tracking.py checks each against MLflow's own registries.
+TRACKING_SCHEMES = ("", "file", *DATABASE_ENGINES, "http", "https", "databricks")
+REGISTRY_SCHEMES = ("", "file", *DATABASE_ENGINES, "http", "https", "databricks")
 
 
 def redact(uri: str) -> str:
@@ -48,6 +56,52 @@ def redact(uri: str) -> str:
         netloc = f"{REDACTED}@{host}" + (f":{parts.port}" if parts.port else "")
         return urlunsplit(parts._replace(netloc=netloc))
     return uri
+
+
+def error_line(error: Any) -> str:
+    """The line of an error that says what went wrong: the exception's own line, not the
+    traceback Ray wraps around it."""
+    if error is None:
+        return "unknown error"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in reversed(lines):  # "ValueError: ..." closes a traceback
+        head = line.split(":", 1)[0]
+        if head.isidentifier() and (head.endswith(("Error", "Exception", "Missing"))
+                                    or head == "KeyboardInterrupt"):
+            return line[:300]
+    return (lines[-1] if lines else type(error).__name__)[:300]
+
+
+def uri_scheme(uri: str) -> str:
+    """MLflow's name for a store URI's scheme: `postgresql+psycopg2://` is `postgresql`."""
+    scheme = urlsplit(uri).scheme.lower()
+    return next((db for db in DATABASE_ENGINES if scheme.startswith(db)), scheme)
+
+
+def check_tracking_uri(uri: str, register: bool) -> None:
+    """Refuse, before anything runs or is written, a tracking URI that MLflow cannot use
+    (as a model registry too, when the champion is to be registered), or an http(s)
+    server that does not answer now."""
+    scheme = uri_scheme(uri)
+    for what, schemes in (("tracking", TRACKING_SCHEMES),
+                          *([("model registry", REGISTRY_SCHEMES)] if register else [])):
+        if scheme not in schemes:
+            raise ConfigError(
+                f"mlflow.tracking_uri {redact(uri)}: MLflow has no {what} store for "
+                f"scheme {scheme!r}; use one of " + ", ".join(repr(s) for s in schemes if s)
+                + " or a local path")
+    if scheme not in ("http", "https"):
+        return
+    parts = urlsplit(uri)
+    if not parts.hostname:
+        raise ConfigError(f"mlflow.tracking_uri {redact(uri)}: no host")
+    bare = urlunsplit(parts._replace(
+        netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
+    try:
+        urllib.request.urlopen(bare.rstrip("/") + "/health", timeout=5).close()
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"mlflow.tracking_uri {redact(uri)}: unreachable "
+                          f"({getattr(e, 'reason', e)})") from None
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -63,8 +117,8 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def outcome(metrics: dict[str, Any], epochs: int, error: bool) -> str:
-    """How a trial ended, from its last result."""
-    if error:
+    """How a trial ended, from its last result (`error`: it raised)."""
+    if error or metrics.get("error"):
         return "failed"
     if metrics.get("diverged"):
         return "diverged"
@@ -287,9 +341,10 @@ class Tracker:
     def tag_trial(self, trial_id: str, key: str, value: str) -> None:
         self.submit(RunUpdate(trial_id, tags={key: value}))
 
-    def end_trial(self, trial_id: str, how: str) -> None:
+    def end_trial(self, trial_id: str, how: str, error: str | None = None) -> None:
         status = "FAILED" if how == "failed" else "FINISHED"
-        self.submit(RunUpdate(trial_id, tags={"outcome": how}))
+        tags = {"outcome": how, **({"error": error[:5000]} if error else {})}
+        self.submit(RunUpdate(trial_id, tags=tags))
         self.submit(lambda: self.client.set_terminated(self.children[trial_id], status))
 
     def keep_only(self, trial_ids: set[str]) -> None:
@@ -306,8 +361,10 @@ class Tracker:
 
     # ------------------------------------------------------------ the search
 
-    def fail_search(self) -> None:
+    def fail_search(self, failed_trials: int) -> None:
         """End the parent run as FAILED (no trial produced a model), never left RUNNING."""
+        self.submit(lambda: self.client.set_tag(self.parent_run_id, "failed_trials",
+                                                str(failed_trials)))
         self.submit(lambda: self.client.set_terminated(self.parent_run_id, "FAILED"))
 
     def finish(self, best: dict[str, Any], top: list[dict[str, Any]], best_yaml: str,
@@ -320,7 +377,8 @@ class Tracker:
             metrics = [Metric(f"best_{best['metric']}", float(best["value"]),
                               int(time.time() * 1000), 0)]
             self.client.log_batch(run_id, metrics=metrics, params=params,
-                                  tags=[RunTag("best_trial_id", best["trial_id"])])
+                                  tags=[RunTag("best_trial_id", best["trial_id"]),
+                                        RunTag("failed_trials", str(best["failed_trials"]))])
             self.client.log_text(run_id, best_yaml, "best.yaml")
             columns = {k: [row[k] for row in top] for k in top[0]} if top else {}
             self.client.log_table(run_id, columns, "top_trials.json")
@@ -378,7 +436,7 @@ class TrackingCallback(tune.Callback):
         self.tracker.start_trial(trial.trial_id, str(trial), optimizer_params(trial.config))
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        if "epoch" not in result:
+        if "epoch" not in result or result.get("error"):
             return
         if result.get("iterations_since_restore") == 1 and "node_id" in result:
             self.tracker.tag_trial(trial.trial_id, "node_id", result["node_id"])
@@ -392,10 +450,11 @@ class TrackingCallback(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         last = trial.last_result or {}
-        self.tracker.end_trial(trial.trial_id, outcome(last, self.epochs, error=False))
+        self.tracker.end_trial(trial.trial_id, outcome(last, self.epochs, error=False),
+                               last.get("error"))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self.tracker.end_trial(trial.trial_id, "failed")
+        self.tracker.end_trial(trial.trial_id, "failed", error_line(trial.get_error()))
 
     def get_state(self) -> None:
         """Called as Ray snapshots the experiment: MLflow is brought up to date first, so

@@ -20,11 +20,17 @@ from ray import tune
 
 from search import warm
 from search.checkpoints import CheckpointPolicy
-from search.config import TrialConfig
+from search.config import ConfigError, TrialConfig
 from search.space import trial_config
 from search.trainer import pick_device, train
 
 CHECKPOINT_FILE = "checkpoint.pt"
+# Errors that a retry would meet again: bad input the driver could not see (a dataset's
+# files corrupt, a config the trainer or model rejects, a plug-in that does not import).
+# Anything else (a lost node, a killed process, CUDA running out of memory) is Ray's to
+# retry, up to search.max_failures.
+DETERMINISTIC = (ConfigError, ImportError, ValueError, TypeError, AttributeError, KeyError,
+                 NotImplementedError)
 
 
 def load_checkpoint(checkpoint: tune.Checkpoint) -> dict[str, Any]:
@@ -39,8 +45,10 @@ class Reporter:
     def __init__(self, policy: CheckpointPolicy) -> None:
         self.policy = policy
         self.node_id = ray.get_runtime_context().get_node_id()
+        self.last_epoch = 0
 
     def __call__(self, metrics: dict[str, Any], checkpoint: dict[str, Any] | None) -> None:
+        self.last_epoch = metrics["epoch"]
         metrics = {**metrics, "node_id": self.node_id}
         start = time.perf_counter()
         if checkpoint is None or not self.policy.due(metrics["epoch"], start):
@@ -68,6 +76,13 @@ def run_trial(params: dict[str, Any], base: TrialConfig, rungs: tuple[int, ...] 
     try:
         train(cfg, report, resume=resume,
               dataset=warm.dataset(cfg.data, pick_device(cfg.train.device)))
+    except DETERMINISTIC as e:
+        # It would fail the same way on a retry: end the trial as failed, with the reason,
+        # instead of raising (Ray retries whatever a trial raises, up to max_failures).
+        nan = float("nan")
+        tune.report({"epoch": report.last_epoch, "val_acc": nan, "val_loss": nan,
+                     "train_loss": nan, "diverged": False,
+                     "error": f"{type(e).__name__}: {e}".splitlines()[0][:300]})
     finally:
         # The process may run another trial next: keep nothing of this one.
         warm.release(compiled=cfg.train.compile or bool(cfg.optimizer.fused))

@@ -63,6 +63,35 @@ CASES = [
      "resources.gpus_per_trial 0.5: no node has that many GPUs"),
     ("more cpus than any node", GOOD + "resources: {cpus_per_trial: 64}\n", [],
      "resources.cpus_per_trial 64"),
+    # Round two (issue 15): inputs a new user tried.
+    ("config not UTF-8", GOOD.encode() + b"# caf\xe9\n", [], "not UTF-8 text (byte 0xe9"),
+    ("config with a NUL byte", GOOD + "\x00\n", [], "invalid YAML"),
+    ("config too large", GOOD + "#" * 1_000_001 + "\n", [], "a config is at most"),
+    ("--name escapes the storage path", GOOD, ["--name", "../../x"],
+     "--name '../../x': a search name is one folder name"),
+    ("--name with a slash", GOOD, ["--name", "a/b"], "--name 'a/b'"),
+    ("--name hidden", GOOD, ["--name", ".x"], "--name '.x'"),
+    ("--name empty", GOOD, ["--name", ""], "--name ''"),
+    ("name in the config escapes", GOOD + "name: ../up\n", [],
+     "name: a search name is one folder name"),
+    ("--set name escapes", GOOD, ["--set", "name=/etc"], "name: a search name is one folder"),
+    ("model name with a slash", GOOD + "mlflow: {register_as: a/b}\n", [],
+     "mlflow.register_as: a model name is"),
+    ("tracking scheme MLflow lacks", GOOD, ["--tracking-uri", "ftp://127.0.0.1/m"],
+     "mlflow.tracking_uri ftp://127.0.0.1/m: MLflow has no tracking store for scheme 'ftp'"),
+    ("tracking scheme s3", GOOD, ["--tracking-uri", "s3://bucket/mlflow"],
+     "no tracking store for scheme 's3'"),
+    ("http tracking uri without a host", GOOD, ["--tracking-uri", "http:///mlflow"],
+     "mlflow.tracking_uri http:///mlflow: no host"),
+    ("cifar10 files missing", "data: {dataset: cifar10, root: nowhere}\nmodel: {name: mlp}\n",
+     [], "data.dataset 'cifar10' not found under"),
+    ("mnist files missing", "data: {dataset: mnist, root: nowhere}\nmodel: {name: cnn}\n", [],
+     "missing MNIST/raw/train-images-idx3-ubyte"),
+    ("storage path is a file", GOOD, ["--storage-path", "conf.yaml"],
+     "--storage-path conf.yaml: exists and is not a folder"),
+    ("negative checkpoint period", GOOD + "search: {checkpoint_period_s: -1}\n", [],
+     "search.checkpoint_period_s"),
+    ("no trials at once", GOOD, ["--set", "search.max_concurrent=0"], "search.max_concurrent"),
 ]
 
 
@@ -78,8 +107,11 @@ def local_ray():
 def test_bad_input_exits_2_with_one_line(tmp_path, monkeypatch, capsys, local_ray,
                                          text, args, expected):
     monkeypatch.chdir(tmp_path)
-    if text is not None:
+    if isinstance(text, bytes):
+        (tmp_path / "conf.yaml").write_bytes(text)
+    elif text is not None:
         (tmp_path / "conf.yaml").write_text(text)
+    outside = set(tmp_path.parent.iterdir())
     with pytest.raises(SystemExit) as exit_:
         run_main(lambda: main(["conf.yaml", *args]))
     out, err = capsys.readouterr()
@@ -90,6 +122,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, monkeypatch, capsys, local_ra
     assert "s3cret" not in out + err
     leftovers = {p.name for p in tmp_path.iterdir()} - {"conf.yaml"}
     assert not leftovers  # no runs/, no mlflow.db
+    assert set(tmp_path.parent.iterdir()) == outside  # nothing written outside
 
 
 def test_existing_name_without_resume_is_refused(tmp_path, monkeypatch, capsys, local_ray):

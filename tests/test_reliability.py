@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -99,12 +102,52 @@ def test_search_survives_losing_a_worker_node(tmp_path):
     assert any(int(k.data.tags.get("resumed_from_epoch", 0)) >= 1 for k in retried)
 
 
+def postgres_binaries() -> Path | None:
+    """The newest PostgreSQL server binaries Debian installed (`.ci/run` installs them)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"),
+                   key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit()
+                   else 0)
+    return found[-1].parent if found else None
+
+
 @pytest.fixture
-def mlflow_server(tmp_path):
-    """A real `mlflow server` on 127.0.0.1; yields (uri, restart)."""
+def postgres(tmp_path):
+    """A real PostgreSQL server on 127.0.0.1 and a free port, its own cluster in tmp_path;
+    yields a SQLAlchemy URI of an empty database for MLflow."""
+    binaries = postgres_binaries()
+    if binaries is None:
+        pytest.skip("PostgreSQL is not installed (.ci/run installs Debian's postgresql)")
+    port = free_port()
+    # Outside pytest's folders, which only their owner may enter: the server refuses to run
+    # as root, so as root (CI) it runs as Debian's postgres user.
+    data = Path(tempfile.mkdtemp(prefix="adamsearch-pg-"))
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_user:
+        shutil.chown(data, "postgres")
+    run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True,  # noqa: E731
+                                      text=True, timeout=120)
+    run(str(binaries / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres",
+        "--no-sync")
+    run(str(binaries / "pg_ctl"), "-D", str(data), "-l", str(data / "server.log"), "-w",
+        "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+    try:
+        run(str(binaries / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
+            "mlflow")
+        yield f"postgresql://postgres@127.0.0.1:{port}/mlflow"
+    finally:
+        run(str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def mlflow_server(request, tmp_path):
+    """A real `mlflow server` on 127.0.0.1 over SQLite or PostgreSQL; yields (uri, start,
+    stop)."""
+    backend = (f"sqlite:///{tmp_path / 'server.db'}" if request.param == "sqlite"
+               else request.getfixturevalue("postgres"))
     port = free_port()
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+           "--workers", "1", "--backend-store-uri", backend,
            "--artifacts-destination", str(tmp_path / "artifacts")]
     procs = []
 
@@ -173,9 +216,9 @@ def test_search_survives_tracking_server_restart(tmp_path, mlflow_server):
     assert parents[0].data.params["mlflow.tracking_uri"].startswith("http://***@127.0.0.1")
 
 
-def test_failing_and_diverging_trials_are_marked_and_the_search_finishes(tmp_path):
-    # One textbook point that trains, one that diverges (lr 1e12), then trials whose data
-    # vanished: each raises inside the trial. None of them may stop the search.
+def test_a_diverging_trial_is_marked_and_the_search_finishes(tmp_path):
+    # One textbook point that trains, one that diverges (lr 1e12): the divergence may not
+    # stop the search.
     (tmp_path / "conf.yaml").write_text("""
 data: {dataset: digits}
 model: {name: mlp}
@@ -195,11 +238,40 @@ scheduler: {name: fifo}
     _, kids = children(client, "f")
     assert sorted(k.data.tags["outcome"] for k in kids) == ["completed", "diverged"]
 
-    proc = run_module("search.run", "conf.yaml", "--name", "g", "--set", "data.dataset=cifar10",
-                      "--set", f"data.root={tmp_path / 'nowhere'}", cwd=tmp_path)
-    assert proc.returncode == 1  # finished, but no trial produced a model
+
+def test_a_deterministic_trial_error_is_not_retried_and_its_reason_is_shown(tmp_path):
+    # CIFAR-10's files are there (so the driver's check passes) but corrupt: every trial
+    # fails the same way, which a retry would meet again. None is retried although
+    # max_failures allows 2; each says why, in the output and on its MLflow run.
+    batches = tmp_path / "data" / "cifar-10-batches-py"
+    batches.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (batches / name).write_bytes(b"not a pickle")
+    (tmp_path / "conf.yaml").write_text("""
+data: {dataset: cifar10, root: data}
+model: {name: mlp}
+train: {epochs: 2}
+search: {num_samples: 2, max_concurrent: 1, max_failures: 2}
+scheduler: {name: fifo}
+""")
+    proc = run_module("search.run", "conf.yaml", "--name", "g", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]  # no model
     assert "2 trials: 0 completed, 0 pruned, 0 diverged, 2 failed" in proc.stdout
+    reason = "DatasetMissing: data.dataset 'cifar10' not found under"
+    assert proc.stdout.count(f"failed: {reason}") == 4  # as each ended, and in the summary
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     parents, kids = children(client, "g")
     assert [p.info.status for p in parents] == ["FAILED"]  # not left RUNNING
+    assert parents[0].data.tags["failed_trials"] == "2"
     assert len(kids) == 2
-    assert all(k.info.status == "FAILED" and k.data.tags["outcome"] == "failed" for k in kids)
+    for kid in kids:
+        assert kid.info.status == "FAILED" and kid.data.tags["outcome"] == "failed"
+        assert kid.data.tags["error"].startswith(reason)
+        assert "retries" not in kid.data.tags  # run once, not retried
+    # Ray saw each trial run once: one result, no failure recorded.
+    for result in (tmp_path / "runs" / "g").glob("trial_*/result.json"):
+        assert len(result.read_text().splitlines()) == 1
+    # Optuna was told these trials failed.
+    state = max((tmp_path / "runs" / "g").glob("searcher-state-*.pkl"))
+    study = pickle.loads(state.read_bytes())["_ot_study"]
+    assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]

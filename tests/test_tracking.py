@@ -114,3 +114,28 @@ def test_nothing_is_written_before_start(tmp_path):
     t.start()
     assert t.drain(timeout_s=60)
     assert MlflowClient(t.tracking_uri).get_experiment_by_name("exp") is not None
+
+
+def test_the_schemes_we_accept_are_the_ones_mlflow_has_stores_for():
+    # Private registries of MLflow (named here so a release that moves them fails loudly).
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    from search.tracking import REGISTRY_SCHEMES, TRACKING_SCHEMES
+
+    tracking = tracking_utils._tracking_store_registry._registry
+    registry = registry_utils._get_store_registry()._registry
+    assert set(TRACKING_SCHEMES) <= set(tracking), set(TRACKING_SCHEMES) - set(tracking)
+    assert set(REGISTRY_SCHEMES) <= set(registry), set(REGISTRY_SCHEMES) - set(registry)
+
+
+def test_a_uri_scheme_mlflow_cannot_use_is_refused_naming_it():
+    from search.config import ConfigError
+    from search.tracking import check_tracking_uri
+
+    for uri, scheme in (("ftp://127.0.0.1/x", "ftp"), ("s3://bucket/mlflow", "s3"),
+                        ("redis://127.0.0.1:6379", "redis")):
+        with pytest.raises(ConfigError, match=f"no tracking store for scheme '{scheme}'"):
+            check_tracking_uri(uri, register=False)
+    check_tracking_uri("sqlite:////tmp/x.db", register=True)
+    check_tracking_uri("postgresql+psycopg2://u@127.0.0.1:1/db", register=True)

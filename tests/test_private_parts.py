@@ -1,0 +1,66 @@
+"""The private parts of Ray the search reads, named one by one.
+
+Ray may change any of them in any release (pyproject.toml bounds ray to the versions this
+suite passed on). When one moves, the test that names it fails with what reads it and why,
+instead of a search failing somewhere inside Ray's loop.
+"""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import ray
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from search.space import DefineByRun
+
+
+def needs(obj, attr: str, reader: str) -> object:
+    assert hasattr(obj, attr), (
+        f"Ray {ray.__version__}: {type(obj).__name__}.{attr} is gone; {reader} reads it. "
+        "Adapt that code, or keep ray below this version in pyproject.toml.")
+    return getattr(obj, attr)
+
+
+def test_asha_keeps_its_rungs_where_rungstate_and_rung_epochs_read_them():
+    scheduler = ASHAScheduler(time_attr="epoch", max_t=9, grace_period=1, reduction_factor=3)
+    reader = "search/asha.py (RungState saves and restores ASHA's rungs across --resume)"
+    assert isinstance(needs(scheduler, "_num_stopped", reader), int)
+    brackets = needs(scheduler, "_brackets", reader)
+    rungs = needs(brackets[0], "_rungs", reader)
+    assert [milestone for milestone, _ in rungs] == [9, 3, 1]  # (milestone, {trial: value})
+    assert all(recorded == {} for _, recorded in rungs)
+
+
+def test_optuna_search_keeps_its_study_and_trials_where_ours_reads_them():
+    from search.config import SpaceConfig
+
+    searcher = OptunaSearch(space=DefineByRun(SpaceConfig()), metric="val_acc", mode="max",
+                            sampler=optuna.samplers.RandomSampler(seed=0))
+    reader = "search/optuna_search.py (tells Optuna which trials ASHA pruned or that failed)"
+    assert isinstance(needs(searcher, "_ot_study", reader), optuna.Study)
+    assert isinstance(needs(searcher, "_ot_trials", reader), dict)
+    assert isinstance(needs(searcher, "_completed_trials", reader), set)
+    searcher.suggest("t1")
+    assert "t1" in searcher._ot_trials
+
+
+def test_rays_callback_state_file_name_is_the_one_the_janitor_reads():
+    from ray.tune.callback import CallbackList
+
+    template = needs(CallbackList, "CKPT_FILE_TMPL", "search/checkpoints.py (CheckpointJanitor "
+                     "reads back the snapshot number Ray stored)")
+    assert template.format("2026-11-27_10-00-00").startswith("callback-states-")
+    assert template.endswith(".pkl")
+
+
+@pytest.mark.parametrize("name", ["TUNE_GLOBAL_CHECKPOINT_S", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS",
+                                  "RAY_AIR_NEW_OUTPUT"])
+def test_the_environment_settings_search_run_makes_are_still_read_by_ray(name):
+    import pathlib
+
+    tune_dir = pathlib.Path(ray.__file__).parent / "tune"
+    sources = "".join(p.read_text(errors="replace") for p in tune_dir.rglob("*.py"))
+    assert name in sources, f"Ray {ray.__version__} no longer reads {name}, which " \
+                            "search/run.py library_settings sets"
