@@ -24,6 +24,7 @@ how many concurrent trials of a 60 s epoch one driver core sustains. Writes benc
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import math
@@ -83,8 +84,8 @@ def timed(cls: type, name: str, log: list, size=None) -> None:
         try:
             return original(self, *args, **kwargs)
         finally:
-            log.append((size(self) if size else 0, time.perf_counter() - wall,
-                        time.thread_time() - cpu))
+            took = (time.perf_counter() - wall, time.thread_time() - cpu)
+            log.append((size(self) if size else 0, *took))  # sized after the timing
 
     setattr(cls, name, wrapper)
 
@@ -143,7 +144,8 @@ def run_search(args: argparse.Namespace, work: Path) -> dict:
     library_settings(verbose=False)
     suggest_log: list = []
     snapshot_log: list = []
-    timed(OptunaSearch, "suggest", suggest_log, size=lambda s: len(s._ot_study.trials))
+    timed(OptunaSearch, "suggest", suggest_log,
+          size=lambda s: len(s._ot_study.get_trials(deepcopy=False)))
     timed(TuneController, "save_to_dir", snapshot_log, size=lambda c: len(c.get_trials()))
 
     tracking = tracking_callback(cfg, str(work / "runs"), "driver",
@@ -152,6 +154,16 @@ def run_search(args: argparse.Namespace, work: Path) -> dict:
     ray.init(num_cpus=2, include_dashboard=False, logging_level="error")
     tracking.open().start()
     tuner = build_tuner(cfg, str(work / "runs"), "driver", tracking, trial=zero_compute_trial)
+    gc_time = [0.0, 0]  # seconds in the collector, full collections
+
+    def on_gc(phase: str, info: dict, started: list = [0.0]) -> None:  # noqa: B006
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            gc_time[0] += time.perf_counter() - started[0]
+            gc_time[1] += info["generation"] == 2
+
+    gc.callbacks.append(on_gc)
     cpu, wall = time.process_time(), time.perf_counter()
     grid = tuner.fit()
     tracking.open().drain(timeout_s=600)
@@ -166,6 +178,7 @@ def run_search(args: argparse.Namespace, work: Path) -> dict:
         "driver_cpu_ms_per_result": 1000 * cpu / max(results, 1),
         "suggest": suggest_log, "snapshots": snapshot_log,
         "snapshot_bytes": states[-1].stat().st_size if states else 0,
+        "gc_s": gc_time[0], "gc_full_collections": gc_time[1],
     }
 
 
@@ -202,7 +215,8 @@ def main(argv: list[str] | None = None) -> None:
               f"{report['results_per_s']:.1f} results/s ({report['results']} results)")
         print(f"  driver CPU {report['driver_cpu_s']:.1f} s: "
               f"{report['driver_cpu_ms_per_result']:.1f} ms per result; last snapshot "
-              f"{report['snapshot_bytes'] / 1e6:.2f} MB")
+              f"{report['snapshot_bytes'] / 1e6:.2f} MB; Python's garbage collector "
+              f"{report['gc_s']:.1f} s ({report['gc_full_collections']} full collections)")
     for key, title in (("suggest_alone", "Optuna suggest alone"), ("suggest", "Optuna suggest"),
                        ("snapshots", "experiment snapshot")):
         if key in report:
