@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo example test lint install clean
 
 # Re-install only when the project's declared dependencies change.
 $(STAMP): pyproject.toml
@@ -17,6 +17,11 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m search.run conf/digits.yaml
+
+# Search your own model: a network in conf/own_model/, on PNG files written from the digits.
+example: $(STAMP)
+	$(BIN)/python conf/own_model/make_image_folder.py data/digits-png
+	$(BIN)/python -m search.run conf/own_model/search.yaml
 
 # pytest exits 5 when it collects no tests; that is not a failure of the code.
 test: $(STAMP)

@@ -45,13 +45,13 @@ def warm_workers(preload: DataConfig | None) -> dict:
 
 
 def connect(address: str | None, cpus: int | None = None,
-            preload: DataConfig | None = None) -> None:
+            preload: DataConfig | None = None, ship: list[str] = ()) -> None:
     """Start Ray here (address None) or join a cluster, shipping the project's code.
 
-    On a cluster, `py_modules` uploads search/, models/ and optim/ to every worker
-    through Ray's runtime_env: nothing is copied by hand. Worker processes import the
-    trainer and load `preload` (the search's data) as they start, while the driver is
-    still setting up.
+    `py_modules` in Ray's runtime_env uploads `ship` (the user's plug-in code, folders or
+    single modules) to every worker, and on a cluster search/, models/ and optim/ too:
+    nothing is copied by hand. Worker processes import the trainer and load `preload`
+    (the search's data) as they start, while the driver is still setting up.
     """
     if address not in (None, "auto") and not _reachable(address):
         raise ConfigError(f"ray.address {address!r}: nothing answers there (is the head up?)")
@@ -62,9 +62,10 @@ def connect(address: str | None, cpus: int | None = None,
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
             logging.ERROR)
         ray.init(num_cpus=cpus, include_dashboard=False, logging_level="warning",
-                 runtime_env=warm_workers(preload))
+                 runtime_env={**warm_workers(preload),
+                              **({"py_modules": list(ship)} if ship else {})})
         return
-    modules = [str(Path(m.__file__).parent) for m in (search, models, optim)]
+    modules = [str(Path(m.__file__).parent) for m in (search, models, optim)] + list(ship)
     # Under `ray job submit` the job's own runtime_env (--working-dir) ships the code;
     # replacing it would let Ray delete the job's working directory under the driver.
     in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ

@@ -24,12 +24,21 @@ MAX_CONFIG_BYTES = 1_000_000  # a config is a page of YAML; a bigger file is a w
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
+NAME_RULE = ("letters, digits, '.', '_' and '-', starting with a letter or digit, at most "
+             "128 characters")
+
+
 def check_name(name: str, field: str) -> str:
     """A search name that stays inside its folder, or a ConfigError naming `field`."""
     if not NAME_PATTERN.fullmatch(name):
-        raise ConfigError(f"{field} {name!r}: a search name is one folder name: letters, "
-                          "digits, '.', '_' and '-', starting with a letter or digit, "
-                          "at most 128 characters")
+        raise ConfigError(f"{field} {name!r}: a search name is one folder name: {NAME_RULE}")
+    return name
+
+
+def _safe(name: str | None, what: str) -> str | None:
+    """A pydantic validator's check of a name: `what` says what the name is."""
+    if name is not None and not NAME_PATTERN.fullmatch(name):
+        raise ValueError(f"{what}: {NAME_RULE}")
     return name
 
 
@@ -46,9 +55,16 @@ class Section(BaseModel):
 # ---------------------------------------------------------------- one trial
 
 
+def _is_import_path(name: str) -> bool:
+    """`package.module:attribute`, as models and data.dataset take user code."""
+    module, sep, attr = name.partition(":")
+    return bool(sep) and all(part.isidentifier() for part in (*module.split("."), attr))
+
+
 class DataConfig(Section):
-    dataset: Literal[DATASETS] = "digits"  # type: ignore[valid-type]
-    root: str = "data"  # where torchvision datasets live (or are downloaded to)
+    # A built-in dataset, `imagefolder` (data.root), or `package.module:function`.
+    dataset: str = "digits"
+    root: str = "data"  # torchvision datasets, or the image folder
     download: bool = False
     val_fraction: float = Field(0.2, gt=0, lt=1)  # carved from the training set
     split_seed: int = 0  # same split for every trial, so their val_acc compare
@@ -57,18 +73,32 @@ class DataConfig(Section):
     synthetic_samples: int = Field(2048, ge=2)
     synthetic_shape: tuple[int, int, int] = (3, 32, 32)  # channels, height, width
     synthetic_classes: int = Field(10, ge=2)
+    image_size: int | None = Field(None, ge=1)  # imagefolder: resize to this square side
+    channels: Literal[1, 3] | None = None  # imagefolder: greyscale or RGB (None: as found)
+    kwargs: dict[str, Any] = {}  # passed to a `package.module:function` dataset
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        if name not in (*DATASETS, "imagefolder") and not _is_import_path(name):
+            raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}, "
+                             "imagefolder, or an import path package.module:function")
+        return name
 
 
 class ModelConfig(Section):
+    # A registered model (models.names()) or the user's `package.module:factory`.
     name: str = "mlp"
+    kwargs: dict[str, Any] = {}  # passed to the factory besides num_classes, in_channels, ...
 
     @field_validator("name")
     @classmethod
     def _known(cls, name: str) -> str:
         import models
 
-        if name not in models.names():
-            raise ValueError(f"unknown model {name!r}; known: {', '.join(models.names())}")
+        if name not in models.names() and not _is_import_path(name):
+            raise ValueError(f"unknown model {name!r}; known: {', '.join(models.names())}, "
+                             "or an import path package.module:factory")
         return name
 
 
@@ -113,6 +143,10 @@ class TrialConfig(Section):
     model: ModelConfig = ModelConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     train: TrainConfig = TrainConfig()
+    # Folders the user's plug-in model or dataset module is imported from (put first on
+    # sys.path). Filled in by a search for plug-ins found beside its config, so that
+    # best.yaml retrains anywhere the folders are; trials get the code through Ray.
+    code: list[str] = []
 
 
 # ---------------------------------------------------------------- the search
@@ -220,14 +254,14 @@ class MlflowConfig(Section):
     @classmethod
     def _model_name(cls, name: str | None) -> str | None:
         # Stricter than MLflow, which would refuse some names only once the search is over.
-        if name is not None and not NAME_PATTERN.fullmatch(name):
-            raise ValueError("a model name is letters, digits, '.', '_' and '-', starting "
-                             "with a letter or digit, at most 128 characters")
-        return name
+        return _safe(name, "a model name is")
 
 
 class RayConfig(Section):
     address: str | None = None  # None: start Ray on this machine
+    # Folders (packages) or importable package names shipped to every worker through Ray's
+    # runtime_env, for plug-in models and datasets; their own packages are shipped anyway.
+    py_modules: list[str] = []
 
 
 class SearchConfig(TrialConfig):
@@ -244,10 +278,7 @@ class SearchConfig(TrialConfig):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, name: str | None) -> str | None:
-        if name is not None and not NAME_PATTERN.fullmatch(name):
-            raise ValueError("a search name is one folder name: letters, digits, '.', '_' "
-                             "and '-', starting with a letter or digit, at most 128 characters")
-        return name
+        return _safe(name, "a search name is one folder name")
 
     @model_validator(mode="after")
     def _grace_within_epochs(self) -> SearchConfig:
@@ -364,4 +395,7 @@ def load(path: str | Path, overrides: list[str] = (), schema: type[Section] = Se
 
 def dump(config: Section) -> str:
     """YAML text of a config that `load` reads back to an equal config."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    raw = config.model_dump(mode="json")
+    if raw.get("code") == []:  # only plug-in searches have code folders to name
+        del raw["code"]
+    return yaml.safe_dump(raw, sort_keys=False)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from search import user_data
 from search.config import ConfigError, DataConfig
 
 # What torchvision expects under `data.root`, for the "not present" message.
@@ -172,8 +173,12 @@ def load(cfg: DataConfig) -> Dataset:
         x, y, num_classes = _digits()
     elif cfg.dataset == "synthetic":
         x, y, num_classes = _synthetic(cfg)
-    else:
+    elif cfg.dataset == "imagefolder":
+        x, y, num_classes = user_data.image_folder(cfg)
+    elif cfg.dataset in TORCHVISION:
         x, y, num_classes = _torchvision(cfg)
+    else:  # package.module:function
+        x, y, num_classes = user_data.from_function(cfg)
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.split_seed))
     n_val = max(1, round(len(y) * cfg.val_fraction))
     val, train = perm[:n_val], perm[n_val:]

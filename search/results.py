@@ -62,6 +62,17 @@ def summarize(grid: ResultGrid, cfg: SearchConfig) -> list[TrialSummary]:
     return sorted(rows, key=key)
 
 
+def table(rows: list[TrialSummary], metric: str) -> Any:
+    """Every trial, best first, as a pandas DataFrame when pandas is there, else dicts."""
+    records = [{"trial_id": r.trial_id, "outcome": r.outcome, "epochs": r.epochs,
+                metric: r.value, **r.params, "error": r.error} for r in rows]
+    try:
+        import pandas
+    except ImportError:
+        return records
+    return pandas.DataFrame.from_records(records)
+
+
 def write_best_yaml(cfg: SearchConfig, best: TrialSummary, path: Path) -> str:
     """The winner as a complete single-run config for `python -m search.train`."""
     trial = trial_config(cfg, best.result.config)
@@ -110,14 +121,12 @@ def register_champion(tracker: Tracker, best: TrialSummary, name: str) -> int:
     import mlflow
     import torch
 
-    import models
     from search.trainable import load_checkpoint
+    from search.trainer import deployable
+
     state = load_checkpoint(best.result.checkpoint)
     spec = state["model_spec"]
-    net = models.build(spec["name"], spec["num_classes"], spec["in_channels"],
-                       spec["image_size"])
-    net.load_state_dict(state["model"])
-    model = models.Normalized(net, spec["mean"], spec["std"]).eval()
+    model = deployable(state)
     example = torch.rand(2, spec["in_channels"], spec["image_size"], spec["image_size"])
     client = tracker.client
     mlflow.set_tracking_uri(client.tracking_uri)

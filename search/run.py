@@ -10,24 +10,27 @@ import argparse
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
+import ray
 import yaml
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from search import cluster, data, results
+from search import cluster, preflight, results, user_code
 from search import config as config_
 from search.asha import RungState, rung_epochs
 from search.checkpoints import CheckpointJanitor
 from search.cli import run_main
-from search.config import ConfigError, SearchConfig
+from search.config import ConfigError, SearchConfig, TrialConfig
 from search.optuna_search import OptunaSearch
 from search.progress import Progress, setup_logging
-from search.space import DefineByRun, searched
+from search.space import DefineByRun, searched, trial_config
 from search.tracking import (
     DRAIN_S,
     REDACTED,
@@ -72,12 +75,18 @@ def resolve(args: argparse.Namespace) -> tuple[SearchConfig, str, str]:
     what = list(args.set)
     if args.num_samples is not None:
         what.append(f"search.num_samples={args.num_samples}")
-    cfg = config_.load(args.config, what + where)
+    if isinstance(args.config, SearchConfig):  # from Python: overrides as --set does
+        raw = args.config.model_dump(mode="json", exclude_none=True)
+        cfg = config_.validate(SearchConfig, config_.apply_overrides(raw, what + where),
+                               "config")
+    else:
+        cfg = config_.load(args.config, what + where)
     storage = args.storage_path or str(Path("runs").resolve())
     local = "://" not in storage
     if local and Path(storage).exists() and not Path(storage).is_dir():
         raise ConfigError(f"--storage-path {storage}: exists and is not a folder")
-    stem = cfg.name or Path(args.config).stem
+    stem = cfg.name or (Path(args.config).stem if not isinstance(args.config, SearchConfig)
+                        else "search")
     name = config_.check_name(args.name, "--name") if args.name is not None else None
     if args.resume:
         if name is None and local:  # the latest search of this config
@@ -104,6 +113,11 @@ def resolve(args: argparse.Namespace) -> tuple[SearchConfig, str, str]:
     if not root.is_absolute():  # trials run in their own directories
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(
             update={"root": str(root.resolve())})})
+    if user_code.plugins(cfg):  # plug-ins beside the config, or in `code`, import as is
+        beside = [] if isinstance(args.config, SearchConfig) else [Path(args.config).parent]
+        user_code.use_folders([*beside, *cfg.code])
+        cfg = cfg.model_copy(update={"code": list(dict.fromkeys(
+            [*cfg.code, *user_code.folders(cfg)]))})
     return cfg.model_copy(update={"name": name}), storage, name
 
 
@@ -209,20 +223,68 @@ def library_settings(verbose: bool) -> None:
         env("RAY_AIR_NEW_OUTPUT", "0")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    setup_logging(args.verbose)
+@dataclass
+class SearchResult:
+    """What a search returns to Python (`run_search`); the CLI prints the same."""
+
+    name: str
+    path: str  # Ray's experiment folder (or URI)
+    best_config: TrialConfig | None  # the winner as a single-run config; None: no model
+    best: dict[str, Any] | None  # trial_id, outcome, epochs, value (of search.metric), params
+    trials: Any  # every trial, best first: a pandas DataFrame, or a list of dicts
+    parent_run_id: str  # the search's MLflow run
+    tracking_uri: str  # credentials removed
+    champion_uri: str | None  # models:/NAME@champion, when registered
+
+    @property
+    def ok(self) -> bool:
+        """Whether some trial produced a model."""
+        return self.best is not None
+
+
+def run_search(config: str | Path | SearchConfig, overrides: Sequence[str] = (), *,
+               name: str | None = None, storage_path: str | None = None,
+               tracking_uri: str | None = None, address: str | None = None,
+               resume: bool = False, verbose: bool = False,
+               show_progress: bool = True) -> SearchResult:
+    """Run a search from Python: a config file's path or a `SearchConfig`, with `--set`
+    style overrides (`"search.num_samples=16"`); the other arguments are the command
+    line's options. Bad input raises `ConfigError` with the line the command would print.
+
+    The progress lines go to the `search` logger; with `show_progress` and no handler of
+    yours on it, they are printed. A Ray this call starts is stopped before it returns.
+    """
+    if show_progress and not logging.getLogger("search").handlers:
+        setup_logging(verbose)
+    args = argparse.Namespace(config=config, set=list(overrides), num_samples=None, name=name,
+                              address=address, storage_path=storage_path,
+                              tracking_uri=tracking_uri, resume=resume, verbose=verbose)
+    return search(args)
+
+
+def search(args: argparse.Namespace) -> SearchResult:
+    """The search the command line (or `run_search`) asked for."""
     cfg, storage, name = resolve(args)
-    data.check_present(cfg.data)  # here, not in every trial
+    preflight.check(cfg)  # here, not in every trial
     tracking_uri = cfg.mlflow.tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}"
     library_settings(args.verbose)
     check_tracking_uri(tracking_uri, register=bool(cfg.mlflow.register_as))
+    ship = user_code.to_ship(cfg)
     tracking = tracking_callback(cfg, storage, name, tracking_uri)
     tracker = tracking.open()  # imports MLflow in its writer thread while Ray starts
-    cluster.connect(cfg.ray.address, preload=cfg.data)
-    cluster.check_resources(cfg.resources)
-    tracker.start()  # the search will run: now MLflow may be written to
+    started_ray = not ray.is_initialized()
+    cluster.connect(cfg.ray.address, preload=cfg.data, ship=ship)
+    try:
+        cluster.check_resources(cfg.resources)
+        tracker.start()  # the search will run: now MLflow may be written to
+        return _fit(args, cfg, storage, name, tracking, tracker, tracking_uri)
+    finally:
+        if started_ray:
+            cluster.disconnect()
 
+
+def _fit(args, cfg: SearchConfig, storage: str, name: str, tracking: TrackingCallback,
+         tracker, tracking_uri: str) -> SearchResult:
     path = f"{storage}/{name}"
     if args.resume:
         # Ray restores the searcher (with its Optuna study) and the callbacks' state; the
@@ -239,29 +301,44 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = results.summarize(grid, cfg)
     best = next((r for r in rows if r.outcome in ("completed", "pruned")), None)
-    best_yaml = None
+    best_yaml, champion = None, None
+    failed = sum(r.outcome == "failed" for r in rows)
     if best is not None:
         best_yaml = Path(storage if "://" not in storage else "runs", name, BEST_CONFIG)
         text = results.write_best_yaml(cfg, best, best_yaml)
         if cfg.mlflow.register_as and best.result.checkpoint is not None:
             tracker.drain(timeout_s=DRAIN_S)  # the best trial's run must exist
             version = results.register_champion(tracker, best, cfg.mlflow.register_as)
+            champion = f"models:/{cfg.mlflow.register_as}@{results.CHAMPION}"
             log.info("registered %s version %s as @%s", cfg.mlflow.register_as, version,
                      results.CHAMPION)
         top = [{"trial_id": r.trial_id, "outcome": r.outcome, "epochs": r.epochs,
                 cfg.search.metric: r.value, **r.params} for r in rows[:10]]
-        failed = sum(r.outcome == "failed" for r in rows)
         tracker.finish({"params": best.params, "metric": cfg.search.metric,
                         "value": best.value, "trial_id": best.trial_id,
                         "failed_trials": failed}, top, text,
                        status="FAILED" if failed else "FINISHED")
     else:
-        tracker.fail_search(sum(r.outcome == "failed" for r in rows))
+        tracker.fail_search(failed)
     if not tracker.drain(timeout_s=DRAIN_S):
         log.warning("%d MLflow writes could not be delivered", tracker.pending)
     results.print_summary(rows, cfg, best_yaml, tracking_uri)
-    cluster.disconnect()
-    return 0 if best is not None else 1
+    return SearchResult(
+        name=name, path=path,
+        best_config=trial_config(cfg, best.result.config) if best is not None else None,
+        best=(None if best is None else {"trial_id": best.trial_id, "outcome": best.outcome,
+                                         "epochs": best.epochs, "value": best.value,
+                                         "params": best.params}),
+        trials=results.table(rows, cfg.search.metric), parent_run_id=tracker.parent_run_id,
+        tracking_uri=redact(tracking_uri), champion_uri=champion,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m search.run`: the search, as a command; exit 1 when no trial made a model."""
+    args = parse_args(argv)
+    setup_logging(args.verbose)
+    return 0 if search(args).ok else 1
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from search import config as config_
+from search import preflight, user_code
 from search.cli import run_main
 from search.trainer import train
 
@@ -30,6 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = config_.load(args.config, args.set).trial()
+    if user_code.plugins(cfg):  # a plug-in beside the config, or in the folders of `code`
+        user_code.use_folders([Path(args.config).parent, *cfg.code])
+        preflight.check(cfg)
     out = Path(args.out or Path("runs") / "train" / Path(args.config).stem)
     history: list[dict] = []
 

@@ -68,13 +68,25 @@ def build_schedule(cfg: TrialConfig, opt: torch.optim.Optimizer, steps_per_epoch
 def model_spec(cfg: TrialConfig, ds: data.Dataset) -> dict[str, Any]:
     """What `models.build` needs to rebuild the network from a checkpoint."""
     return {
-        "name": cfg.model.name,
+        "name": cfg.model.name,  # a registered name, or the user's package.module:factory
+        "kwargs": dict(cfg.model.kwargs),
         "num_classes": ds.num_classes,
         "in_channels": ds.in_channels,
         "image_size": ds.image_size,
         "mean": list(ds.mean),
         "std": list(ds.std),
     }
+
+
+def deployable(checkpoint: Checkpoint) -> nn.Module:
+    """A checkpoint's trained network, packaged for deployment: rebuilt from its
+    `model_spec` (a registered name or the user's factory, with its kwargs), its weights
+    loaded, wrapped in `models.Normalized` so that it takes images scaled to [0, 1]."""
+    spec = checkpoint["model_spec"]
+    net = models.build(spec["name"], spec["num_classes"], spec["in_channels"],
+                       spec["image_size"], **spec.get("kwargs", {}))
+    net.load_state_dict(checkpoint["model"])
+    return models.Normalized(net, spec["mean"], spec["std"]).eval()
 
 
 @torch.no_grad()
@@ -120,7 +132,8 @@ def train(cfg: TrialConfig, report: Report, resume: Checkpoint | None = None,
         val_split, 1024, ds.mean, ds.std, train=False, channels_last=cuda
     )
 
-    model = models.build(cfg.model.name, ds.num_classes, ds.in_channels, ds.image_size)
+    model = models.build(cfg.model.name, ds.num_classes, ds.in_channels, ds.image_size,
+                         **cfg.model.kwargs)
     model = model.to(device, memory_format=torch.channels_last if cuda else torch.preserve_format)
     opt = build_optimizer(cfg, model.parameters())
     schedule = build_schedule(cfg, opt, len(loader))

@@ -32,15 +32,16 @@ from search.config import DataConfig
 
 PRELOAD_ENV = "ADAMSEARCH_PRELOAD_DATA"  # a DataConfig as JSON, set by the driver
 _CACHE_SIZE = 2  # datasets kept per process and device (a search uses one)
-_datasets: OrderedDict[tuple[DataConfig, str], data.Dataset] = OrderedDict()
+_datasets: OrderedDict[tuple[str, str], data.Dataset] = OrderedDict()  # (config, device)
 
 
 def dataset(cfg: DataConfig, device: torch.device) -> data.Dataset:
     """`data.load(cfg)` with both splits on `device`, loaded once per process."""
-    key = (cfg, str(device))
+    config = cfg.model_dump_json()
+    key, host_key = (config, str(device)), (config, "cpu")
     if key not in _datasets:
-        host = _datasets[(cfg, "cpu")] if (cfg, "cpu") in _datasets else data.load(cfg)
-        _datasets[(cfg, "cpu")] = host
+        host = _datasets[host_key] if host_key in _datasets else data.load(cfg)
+        _datasets[host_key] = host
         _datasets[key] = host.to(device)
     _datasets.move_to_end(key)
     while len(_datasets) > _CACHE_SIZE:

@@ -36,7 +36,7 @@ def test_names_lists_the_four_models_sorted():
 def test_unknown_name_raises_value_error_listing_known_names():
     with pytest.raises(ValueError, match="unknown model 'vgg'") as info:
         models.build("vgg", 10, 3)
-    assert "known models: cnn, mlp, resnet18, resnet9" in str(info.value)
+    assert "known: cnn, mlp, resnet18, resnet9, or an import path" in str(info.value)
 
 
 def _count(model: nn.Module) -> int:

@@ -64,7 +64,7 @@ def test_preload_imports_the_trial_code_loads_the_data_and_freezes_the_heap(tmp_
         "from search.config import DataConfig\n"
         "warm.preload()\n"
         f"cfg = DataConfig.model_validate_json({data.model_dump_json()!r})\n"
-        "assert (cfg, 'cpu') in warm._datasets, warm._datasets\n"
+        "assert (cfg.model_dump_json(), 'cpu') in warm._datasets, warm._datasets\n"
         "assert 'search.trainable' in sys.modules and 'torch._dynamo' in sys.modules\n"
         "print(gc.get_freeze_count())\n"
     )

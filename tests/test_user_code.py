@@ -1,0 +1,283 @@
+"""The user's own model and data: plug-in factories, image folders, data functions, code
+shipped to a cluster's workers, and the Python API."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from PIL import Image
+from ray.cluster_utils import Cluster
+
+import models
+from search import config as config_
+from search import user_data
+from search.config import ConfigError, DataConfig
+from tests.conftest import ROOT, run_module
+from tests.test_search import children
+
+NET = '''
+from torch import nn
+
+
+def tiny(num_classes, in_channels, image_size, width=16):
+    """A user's network: what the factory contract promises, nothing of models/."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(), nn.Linear(width * 4, num_classes))
+
+
+def broken(num_classes, in_channels, image_size):
+    raise RuntimeError("no such layer")
+
+
+def not_a_module(num_classes, in_channels, image_size):
+    return "a string"
+'''
+
+DATAFN = '''
+import torch
+from sklearn.datasets import load_digits
+
+
+def digits(scale=255 / 16):
+    bunch = load_digits()
+    x = torch.from_numpy(bunch.images).mul(scale).round().clamp(0, 255).to(torch.uint8)
+    return x.unsqueeze(1), torch.from_numpy(bunch.target).long()
+
+
+def floats():
+    return torch.rand(10, 1, 8, 8), torch.arange(10) % 2
+'''
+
+
+def write_digits_folder(root, n: int = 1797, size: int = 8, mixed: bool = False) -> None:
+    """scikit-learn's digits as PNG files, one folder per class: real images."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    for i, (img, label) in enumerate(zip(bunch.images[:n], bunch.target[:n], strict=True)):
+        pixels = (img * 255 / 16).round().clip(0, 255).astype(np.uint8)
+        side = 2 * size if mixed and i % 2 else size
+        picture = Image.fromarray(pixels, mode="L").resize((side, side))
+        path = root / f"digit_{label}" / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        picture.save(path)
+
+
+def search_in(tmp_path, conf: str, *args: str, **kw) -> subprocess.CompletedProcess:
+    (tmp_path / "conf.yaml").write_text(conf)
+    return run_module("search.run", "conf.yaml", *args, cwd=tmp_path, **kw)
+
+
+# ---------------------------------------------------------------- models
+
+
+def test_register_adds_a_name_and_the_factory_gets_the_documented_keywords():
+    seen = {}
+
+    @models.register("test-recorder")
+    def recorder(**kwargs):
+        seen.update(kwargs)
+        return torch.nn.Linear(1, 1)
+
+    assert "test-recorder" in models.names()
+    models.build("test-recorder", 7, 3, 12, depth=2)
+    assert seen == {"num_classes": 7, "in_channels": 3, "image_size": 12, "depth": 2}
+
+
+def test_a_plug_in_model_is_searched_registered_and_retrained_from_best_yaml(tmp_path):
+    (tmp_path / "mynet.py").write_text(NET)  # beside the config, installed nowhere
+    proc = search_in(tmp_path, """
+data: {dataset: digits}
+model: {name: "mynet:tiny", kwargs: {width: 8}}
+train: {epochs: 3, batch_size: 64}
+search: {num_samples: 3, max_concurrent: 2}
+scheduler: {name: fifo}
+mlflow: {register_as: digits-tiny}
+""", "--name", "p")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    best_yaml = tmp_path / "runs" / "p" / "best.yaml"
+    best = config_.load(best_yaml, schema=config_.TrialConfig)
+    assert best.model.name == "mynet:tiny" and best.model.kwargs == {"width": 8}
+    assert best.code == [str(tmp_path)]
+    # Retrained from elsewhere: the recorded folder makes the plug-in import.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    retrain = run_module("search.train", str(best_yaml), "--out", str(elsewhere / "o"),
+                         cwd=elsewhere)
+    assert retrain.returncode == 0, retrain.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parents, kids = children(client, "p")
+    winner = next(k for k in kids if k.data.tags["trial_id"]
+                  == parents[0].data.tags["best_trial_id"])
+    final = json.loads((elsewhere / "o" / "metrics.json").read_text())[-1]["val_acc"]
+    assert final == winner.data.metrics["val_acc"]  # the same training, bit for bit
+    # The registered champion is an exported graph: it loads without the user's module.
+    script = ("import mlflow, torch\n"
+              f"mlflow.set_tracking_uri('sqlite:///{tmp_path / 'mlflow.db'}')\n"
+              "m = mlflow.pytorch.load_model('models:/digits-tiny@champion')\n"
+              "print(tuple(m(torch.rand(2, 1, 8, 8)).shape))\n")
+    loaded = subprocess.run([sys.executable, "-c", script], cwd=elsewhere, text=True,
+                            capture_output=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert loaded.stdout.strip().endswith("(2, 10)"), loaded.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_an_image_folder_is_decoded_once_and_decoded_again_when_it_changes(tmp_path):
+    root = tmp_path / "digits"
+    write_digits_folder(root, n=200)
+    cfg = DataConfig(dataset="imagefolder", root=str(root), image_size=12)
+    x, y, classes = user_data.image_folder(cfg)
+    assert x.shape == (200, 1, 12, 12) and x.dtype == torch.uint8 and classes == 10
+    [cache] = root.glob(".adamsearch-*.pt")
+    stamp = cache.stat().st_mtime_ns
+    x2, y2, _ = user_data.image_folder(cfg)  # from the cache: not decoded again
+    assert torch.equal(x, x2) and torch.equal(y, y2) and cache.stat().st_mtime_ns == stamp
+    write_digits_folder(root, n=210)  # ten more images
+    x3, _, _ = user_data.image_folder(cfg)
+    assert len(x3) == 210 and not cache.exists()  # the old cache went with the old folder
+    rgb = user_data.image_folder(cfg.model_copy(update={"channels": 3}))[0]
+    assert rgb.shape == (210, 3, 12, 12)
+
+
+def test_a_search_runs_on_an_image_folder_and_on_a_data_function(tmp_path):
+    write_digits_folder(tmp_path / "folder")
+    (tmp_path / "mydata.py").write_text(DATAFN)
+    for name, data in (("folder", "{dataset: imagefolder, root: folder}"),
+                       ("function", '{dataset: "mydata:digits"}')):
+        proc = search_in(tmp_path, f"""
+data: {data}
+model: {{name: cnn}}
+train: {{epochs: 2, batch_size: 64}}
+search: {{num_samples: 2, max_concurrent: 2}}
+scheduler: {{name: fifo}}
+""", "--name", name)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        # The same real images either way: a trained cnn does well on them.
+        best = max(float(line.split("val_acc ")[1].split()[0])
+                   for line in proc.stdout.splitlines() if "completed 2 epochs" in line)
+        assert best > 0.8
+
+
+# ---------------------------------------------------------------- bad input
+
+BAD = {
+    "model does not import": ('model: {name: "nomodule:tiny"}',
+                              "model.name: model 'nomodule:tiny': cannot import nomodule"),
+    "factory raises": ('model: {name: "mynet:broken"}',
+                       "the factory raised RuntimeError: no such layer"),
+    "factory returns no module": ('model: {name: "mynet:not_a_module"}',
+                                  "the factory returned str, not a torch.nn.Module"),
+    "factory missing": ('model: {name: "mynet:absent"}', "mynet has no callable 'absent'"),
+    "model name is no import path": ('model: {name: "my-net"}', "unknown model 'my-net'"),
+    "empty image folder": ("data: {dataset: imagefolder, root: empty}",
+                           "Found no valid file for the classes class_a"),
+    "one class": ("data: {dataset: imagefolder, root: oneclass}",
+                  "images of one class only ('digit_0')"),
+    "mixed sizes": ("data: {dataset: imagefolder, root: mixed}", "images of different sizes"),
+    "no such folder": ("data: {dataset: imagefolder, root: nowhere}", "no such folder"),
+    "data function does not import": ('data: {dataset: "nodata:digits"}',
+                                      "data.dataset 'nodata:digits': cannot import it"),
+    "data function returns floats": ('data: {dataset: "mydata:floats"}',
+                                     "images must be uint8 (N, C, H, W), got torch.float32"),
+    "py_modules names nothing": ("ray: {py_modules: [no_such_package]}",
+                                 "ray.py_modules: 'no_such_package' is neither a folder"),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_user_code_or_data_exits_2_with_one_line_before_ray(tmp_path, case):
+    (tmp_path / "mynet.py").write_text(NET)
+    (tmp_path / "mydata.py").write_text(DATAFN)
+    (tmp_path / "empty" / "class_a").mkdir(parents=True)
+    write_digits_folder(tmp_path / "oneclass", n=1)
+    write_digits_folder(tmp_path / "mixed", n=30, mixed=True)
+    text, expected = BAD[case]
+    conf = "train: {epochs: 2}\nmodel: {name: cnn}\n" + text + "\n"
+    if text.startswith("model:"):
+        conf = "train: {epochs: 2}\n" + text + "\n"
+    before = set(tmp_path.rglob("*"))
+    proc = search_in(tmp_path, conf, timeout=120)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert set(tmp_path.rglob("*")) - before == {tmp_path / "conf.yaml"} - before  # nothing
+
+
+def test_a_config_error_from_python_is_the_same_line(tmp_path):
+    from search import run_search
+
+    (tmp_path / "conf.yaml").write_text("model: {name: vgg}\n")
+    with pytest.raises(ConfigError, match="model.name: unknown model 'vgg'"):
+        run_search(tmp_path / "conf.yaml")
+
+
+# ---------------------------------------------------------------- the cluster
+
+
+def test_a_plug_in_reaches_the_workers_of_a_cluster_that_lack_it(tmp_path):
+    # The module lives in conf/, which only the driver can import (from beside the config);
+    # the worker nodes start with the test's environment, and the driver runs from run/.
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "conf" / "mynet.py").write_text(NET)
+    (tmp_path / "conf" / "conf.yaml").write_text("""
+data: {dataset: digits}
+model: {name: "mynet:tiny"}
+train: {epochs: 2, batch_size: 64}
+search: {num_samples: 3, max_concurrent: 3}
+scheduler: {name: fifo}
+""")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        for _ in range(2):
+            cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        proc = run_module("search.run", str(tmp_path / "conf" / "conf.yaml"), "--name", "c",
+                          "--address", cluster.address, "--storage-path", str(tmp_path / "runs"),
+                          cwd=tmp_path / "run", timeout=600)
+    finally:
+        cluster.shutdown()
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "3 trials: 3 completed" in proc.stdout
+    _, kids = children(MlflowClient(f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}"), "c")
+    assert len({k.data.tags["node_id"] for k in kids}) >= 2  # ran on several nodes
+
+
+# ---------------------------------------------------------------- the Python API
+
+
+def test_the_python_api_returns_what_the_command_line_finds(tmp_path, monkeypatch):
+    from search import SearchResult, run_search
+
+    conf = """
+data: {dataset: digits}
+model: {name: mlp}
+train: {epochs: 2, batch_size: 64}
+search: {num_samples: 3, max_concurrent: 1, seed: 3}
+scheduler: {name: fifo}
+mlflow: {register_as: digits-api}
+"""
+    proc = search_in(tmp_path, conf, "--name", "cli")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cli_best = config_.load(tmp_path / "runs" / "cli" / "best.yaml", schema=config_.TrialConfig)
+    monkeypatch.chdir(tmp_path)
+    result = run_search("conf.yaml", ["search.num_samples=3"], name="api")
+    assert isinstance(result, SearchResult) and result.ok
+    assert result.best_config.optimizer == cli_best.optimizer  # same seed, same winner
+    assert result.champion_uri == "models:/digits-api@champion"
+    assert len(result.trials) == 3 and list(result.trials["outcome"]) == ["completed"] * 3
+    assert result.trials.iloc[0]["trial_id"] == result.best["trial_id"]
+    run = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(result.parent_run_id)
+    assert run.data.tags["best_trial_id"] == result.best["trial_id"]
