@@ -264,6 +264,17 @@ class RayConfig(Section):
     py_modules: list[str] = []
 
 
+class DeployConfig(Section):
+    """`python -m search.deploy`: which formats to make, and how to measure them."""
+
+    int8: bool = False  # also ONNX Runtime static int8, kept only if accurate enough
+    max_accuracy_drop: float = Field(0.5, ge=0, le=100)  # percentage points of val_acc
+    calibration_images: int = Field(256, ge=1)  # training images that calibrate int8
+    threads: int = Field(2, ge=1)  # intra-op threads of every runtime in the benchmark
+    rounds: int = Field(100, ge=1)  # timed calls per runtime and batch size
+    compile: bool = True  # torch.compile (with freezing on CPU) in the benchmark
+
+
 class SearchConfig(TrialConfig):
     """A whole search: the trial sections plus space, search, scheduler, resources, ..."""
 
@@ -274,6 +285,7 @@ class SearchConfig(TrialConfig):
     resources: ResourcesConfig = ResourcesConfig()
     mlflow: MlflowConfig = MlflowConfig()
     ray: RayConfig = RayConfig()
+    deploy: DeployConfig = DeployConfig()
 
     @field_validator("name")
     @classmethod

@@ -12,16 +12,17 @@ from typing import TYPE_CHECKING, Any
 from ray import tune
 
 from search import config as config_
-from search.config import SearchConfig
+from search.config import SearchConfig, TrialConfig
 from search.progress import sample_line
 from search.space import optimizer_params, trial_config
+from search.store import CHAMPION, CHAMPION_CHECKPOINT
 from search.tracking import Tracker, error_line, outcome, redact
 
 if TYPE_CHECKING:
     from ray.tune import ResultGrid
 
 log = logging.getLogger("search")
-CHAMPION = "champion"
+
 PACKAGES_MAP_INIT = "_init_packages_to_modules_map"  # in mlflow.utils.requirements_utils
 # torch.export is not thread-safe: the champion is exported after the preload's export.
 _model_logging = threading.Lock()
@@ -115,9 +116,13 @@ def preload_model_logging() -> None:
         getattr(requirements_utils, PACKAGES_MAP_INIT, lambda: None)()
 
 
-def register_champion(tracker: Tracker, best: TrialSummary, name: str) -> int:
+def register_champion(tracker: Tracker, best: TrialSummary, name: str,
+                      trial: TrialConfig) -> int:
     """Log the best checkpoint as an MLflow PyTorch model under the best trial's run,
-    register it as `name` and point the `champion` alias at the new version."""
+    register it as `name` and point the `champion` alias at the new version. The weights,
+    `trial` (the winner's config) and the model spec go beside it (CHAMPION_CHECKPOINT)."""
+    import tempfile
+
     import mlflow
     import torch
 
@@ -139,6 +144,12 @@ def register_champion(tracker: Tracker, best: TrialSummary, name: str) -> int:
             input_example=example.numpy(),
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
         )
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp, Path(CHAMPION_CHECKPOINT).name)
+            torch.save({"model": state["model"], "model_spec": spec,
+                        "metrics": state["metrics"], "config": trial.model_dump(mode="json")},
+                       path)
+            mlflow.log_artifact(str(path), str(Path(CHAMPION_CHECKPOINT).parent))
     version = int(info.registered_model_version)
     client.set_registered_model_alias(name, CHAMPION, str(version))
     return version

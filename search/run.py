@@ -37,6 +37,7 @@ from search.tracking import (
     TrackingCallback,
     check_tracking_uri,
     flatten,
+    mlflow_settings,
     redact,
 )
 from search.trainable import run_trial
@@ -212,10 +213,7 @@ def library_settings(verbose: bool) -> None:
     # Fail fast, and let the tracker's queue do the retrying, not minutes of HTTP backoff.
     env("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     env("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    env("MLFLOW_DISABLE_TELEMETRY", "true")
-    env("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    # MLflow prints run links with the full tracking URI, user and password included.
-    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    mlflow_settings()
     # Ray's loggers: result.json is kept (JsonLoggerCallback, added in build_tuner); the CSV
     # copy and TensorBoard event files, which nothing here reads, are not written.
     env("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -267,6 +265,9 @@ def search(args: argparse.Namespace) -> SearchResult:
     cfg, storage, name = resolve(args)
     preflight.check(cfg)  # here, not in every trial
     tracking_uri = cfg.mlflow.tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}"
+    # Saved in search.yaml (credentials removed): `search.deploy runs/NAME` finds MLflow there.
+    cfg = cfg.model_copy(update={"mlflow": cfg.mlflow.model_copy(
+        update={"tracking_uri": tracking_uri})})
     library_settings(args.verbose)
     check_tracking_uri(tracking_uri, register=bool(cfg.mlflow.register_as))
     ship = user_code.to_ship(cfg)
@@ -308,7 +309,8 @@ def _fit(args, cfg: SearchConfig, storage: str, name: str, tracking: TrackingCal
         text = results.write_best_yaml(cfg, best, best_yaml)
         if cfg.mlflow.register_as and best.result.checkpoint is not None:
             tracker.drain(timeout_s=DRAIN_S)  # the best trial's run must exist
-            version = results.register_champion(tracker, best, cfg.mlflow.register_as)
+            version = results.register_champion(tracker, best, cfg.mlflow.register_as,
+                                                  trial_config(cfg, best.result.config))
             champion = f"models:/{cfg.mlflow.register_as}@{results.CHAMPION}"
             log.info("registered %s version %s as @%s", cfg.mlflow.register_as, version,
                      results.CHAMPION)

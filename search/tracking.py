@@ -17,17 +17,24 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import urllib.request
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 from ray import tune
 
-from search.config import ConfigError
 from search.space import optimizer_params
+
+# Re-exported: the names of the MLflow store as every command uses them.
+from search.store import (  # noqa: F401
+    REDACTED,
+    REGISTRY_SCHEMES,
+    TRACKING_SCHEMES,
+    check_tracking_uri,
+    mlflow_settings,
+    redact,
+)
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -39,25 +46,6 @@ PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
 SEARCH_TAG = "search.dir"  # identifies a search's parent run across restarts
 DRAIN_S = 300.0  # at the end, how long to wait for a tracking server to come back
 RETRY_S = 3.0  # pause between delivery attempts while the tracking server is down
-REDACTED = "***"  # stands for user:password in a printed or logged tracking URI
-DATABASE_ENGINES = ("postgresql", "mysql", "sqlite", "mssql")  # mlflow.store.db.db_types
-# Schemes MLflow 3 has tracking and model-registry stores for ("" and "file": a local
-# folder). Listed here so a bad URI is refused without importing MLflow (1 s) before Ray
-# starts; tests/test_tracking.py checks each against MLflow's own registries.
-TRACKING_SCHEMES = ("", "file", *DATABASE_ENGINES, "http", "https", "databricks")
-REGISTRY_SCHEMES = ("", "file", *DATABASE_ENGINES, "http", "https", "databricks")
-
-
-def redact(uri: str) -> str:
-    """A tracking URI safe to print: user and password removed."""
-    parts = urlsplit(uri)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        netloc = f"{REDACTED}@{host}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return uri
-
-
 def error_line(error: Any) -> str:
     """The line of an error that says what went wrong: the exception's own line, not the
     traceback Ray wraps around it."""
@@ -70,38 +58,6 @@ def error_line(error: Any) -> str:
                                     or head == "KeyboardInterrupt"):
             return line[:300]
     return (lines[-1] if lines else type(error).__name__)[:300]
-
-
-def uri_scheme(uri: str) -> str:
-    """MLflow's name for a store URI's scheme: `postgresql+psycopg2://` is `postgresql`."""
-    scheme = urlsplit(uri).scheme.lower()
-    return next((db for db in DATABASE_ENGINES if scheme.startswith(db)), scheme)
-
-
-def check_tracking_uri(uri: str, register: bool) -> None:
-    """Refuse, before anything runs or is written, a tracking URI that MLflow cannot use
-    (as a model registry too, when the champion is to be registered), or an http(s)
-    server that does not answer now."""
-    scheme = uri_scheme(uri)
-    for what, schemes in (("tracking", TRACKING_SCHEMES),
-                          *([("model registry", REGISTRY_SCHEMES)] if register else [])):
-        if scheme not in schemes:
-            raise ConfigError(
-                f"mlflow.tracking_uri {redact(uri)}: MLflow has no {what} store for "
-                f"scheme {scheme!r}; use one of " + ", ".join(repr(s) for s in schemes if s)
-                + " or a local path")
-    if scheme not in ("http", "https"):
-        return
-    parts = urlsplit(uri)
-    if not parts.hostname:
-        raise ConfigError(f"mlflow.tracking_uri {redact(uri)}: no host")
-    bare = urlunsplit(parts._replace(
-        netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
-    try:
-        urllib.request.urlopen(bare.rstrip("/") + "/health", timeout=5).close()
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"mlflow.tracking_uri {redact(uri)}: unreachable "
-                          f"({getattr(e, 'reason', e)})") from None
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:

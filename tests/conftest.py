@@ -32,3 +32,29 @@ def write_yaml(tmp_path):
         return path
 
     return write
+
+
+# One real search of 8 trials with ASHA, shared by the tests that read what a finished
+# search leaves behind (test_search.py) and by those that deploy its champion.
+SEARCH = """
+data: {dataset: digits, val_fraction: 0.2}
+model: {name: cnn}
+train: {epochs: 6, batch_size: 64}
+search: {num_samples: 8, max_concurrent: 2, seed: 0, n_startup_trials: 3}
+scheduler: {name: asha, grace_period: 1, reduction_factor: 3}
+mlflow: {register_as: digits-test}
+"""
+
+
+@pytest.fixture(scope="session")
+def search(tmp_path_factory):
+    """(folder, stdout, MlflowClient) of the shared search `e2e`, run in `folder`."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    cwd = tmp_path_factory.mktemp("search")
+    (cwd / "conf.yaml").write_text(SEARCH)
+    proc = run_module("search.run", "conf.yaml", "--name", "e2e", cwd=cwd, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    mlflow.set_tracking_uri(f"sqlite:///{cwd / 'mlflow.db'}")
+    return cwd, proc.stdout, MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")

@@ -20,16 +20,7 @@ from mlflow.tracking import MlflowClient
 from search import config as config_
 from search import data
 from search.config import DataConfig, TrialConfig
-from tests.conftest import ROOT, run_module
-
-SEARCH = """
-data: {dataset: digits, val_fraction: 0.2}
-model: {name: cnn}
-train: {epochs: 6, batch_size: 64}
-search: {num_samples: 8, max_concurrent: 2, seed: 0, n_startup_trials: 3}
-scheduler: {name: asha, grace_period: 1, reduction_factor: 3}
-mlflow: {register_as: digits-test}
-"""
+from tests.conftest import ROOT, SEARCH, run_module
 
 
 def children(client: MlflowClient, experiment: str):
@@ -38,17 +29,6 @@ def children(client: MlflowClient, experiment: str):
     parents = [r for r in runs if r.data.tags.get("role") == "search"]
     kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
     return parents, kids
-
-
-@pytest.fixture(scope="module")
-def search(tmp_path_factory):
-    """One real search of 8 trials with ASHA; the tests below read what it left."""
-    cwd = tmp_path_factory.mktemp("search")
-    (cwd / "conf.yaml").write_text(SEARCH)
-    proc = run_module("search.run", "conf.yaml", "--name", "e2e", cwd=cwd, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    mlflow.set_tracking_uri(f"sqlite:///{cwd / 'mlflow.db'}")
-    return cwd, proc.stdout, MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
 
 
 def test_every_trial_ends_and_asha_prunes_some(search):

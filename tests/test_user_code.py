@@ -235,10 +235,12 @@ def test_a_plug_in_reaches_the_workers_of_a_cluster_that_lack_it(tmp_path):
     (tmp_path / "conf" / "conf.yaml").write_text("""
 data: {dataset: digits}
 model: {name: "mynet:tiny"}
-train: {epochs: 2, batch_size: 64}
+train: {epochs: 30, batch_size: 64}
 search: {num_samples: 3, max_concurrent: 3}
 scheduler: {name: fifo}
 """)
+    # 30 epochs (several seconds a trial): long enough that the three trials run at once,
+    # one a node, rather than one after another in the first warm process (reuse_actors).
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     try:
         for _ in range(2):
