@@ -228,6 +228,10 @@ class SearchSection(Section):
     # Seconds of training between a trial's checkpoints (besides ASHA's rungs and the last
     # epoch, which always get one); null: adaptive, checkpoints take <= 5% of the time.
     checkpoint_period_s: float | None = Field(None, ge=0)
+    # Where the Optuna study lives: an Optuna RDB URL (sqlite:///..., postgresql://...) or
+    # a journal file path; null: runs/NAME/optuna.journal. Open it with optuna.load_study
+    # or optuna-dashboard; --resume keeps using it.
+    optuna_storage: str | None = None
     # Adam's textbook defaults make a good first point.
     points_to_evaluate: list[dict[str, float]] = [
         {"lr": 1e-3, "beta1": 0.9, "one_minus_beta2": 1e-3, "eps": 1e-8}

@@ -16,21 +16,10 @@ import time
 
 from ray import tune
 
-from search.space import optimizer_params
+from search.space import fmt, optimizer_params, sample_line  # noqa: F401  (re-exported)
 from search.tracking import error_line, outcome
 
 log = logging.getLogger("search.progress")
-
-
-def fmt(value: float) -> str:
-    """A value with its real magnitude, short: 0.00506, 2.23e-10, and beta2 as 0.99984
-    (three significant digits would round it to 1)."""
-    return f"{value:.3g}" if abs(value) < 0.9 else f"{value:.6g}"
-
-
-def sample_line(params: dict[str, float]) -> str:
-    """`lr=0.00506 beta1=0.975863 ...`: a trial's sampled optimizer values."""
-    return " ".join(f"{k}={fmt(v)}" for k, v in params.items())
 
 
 def setup_logging(verbose: bool) -> None:

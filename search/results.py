@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any
 from ray import tune
 
 from search import config as config_
+from search import plots
 from search.config import SearchConfig, TrialConfig
 from search.progress import sample_line
-from search.space import optimizer_params, trial_config
-from search.store import CHAMPION, CHAMPION_CHECKPOINT
+from search.space import fmt, optimizer_params, searched, trial_config
+from search.store import CHAMPION, CHAMPION_CHECKPOINT, LOCAL_UI, reopened, ui_link
 from search.tracking import Tracker, error_line, outcome, redact
 
 if TYPE_CHECKING:
@@ -56,11 +57,30 @@ def summarize(grid: ResultGrid, cfg: SearchConfig) -> list[TrialSummary]:
     # full budget, not an early-rung number from a pruned trial.
     rank = {"completed": 0, "pruned": 1, "diverged": 2, "failed": 3}
 
+    tie = tie_breaker(cfg.search.metric)
+
     def key(t: TrialSummary) -> tuple:
         ok = math.isfinite(t.value) and rank[t.outcome] < 2
-        return (rank[t.outcome], sign * t.value if ok else 0.0)
+        second = (t.result.metrics or {}).get(tie[0], math.nan) if tie else math.nan
+        second = tie[1] * second if ok and math.isfinite(second) else math.inf
+        return (rank[t.outcome], sign * t.value if ok else 0.0, second)
 
-    return sorted(rows, key=key)
+    return sorted(rows, key=key)  # stable: a full tie keeps the order trials started in
+
+
+def tie_breaker(metric: str) -> tuple[str, int] | None:
+    """How trials equal on `metric` are ordered: (other metric, sign to sort ascending).
+    val_acc ties (common: 0.98886 is 356/360 digits) go to the lower val_loss, the more
+    confident model; val_loss ties to the higher val_acc; other metrics keep start order."""
+    return {"val_acc": ("val_loss", 1), "val_loss": ("val_acc", -1)}.get(metric)
+
+
+def tie_rule(metric: str, mode: str) -> str:
+    """The ranking rule in words, for the search's description."""
+    tie = tie_breaker(metric)
+    then = f"the {'lower' if tie[1] > 0 else 'higher'} {tie[0]}, then " if tie else ""
+    return (f"ranked by {metric} ({mode}), trials that ran every epoch first; ties go to "
+            f"{then}the trial started first")
 
 
 def table(rows: list[TrialSummary], metric: str) -> Any:
@@ -117,7 +137,7 @@ def preload_model_logging() -> None:
 
 
 def register_champion(tracker: Tracker, best: TrialSummary, name: str,
-                      trial: TrialConfig) -> int:
+                      trial: TrialConfig, description: str = "") -> int:
     """Log the best checkpoint as an MLflow PyTorch model under the best trial's run,
     register it as `name` and point the `champion` alias at the new version. The weights,
     `trial` (the winner's config) and the model spec go beside it (CHAMPION_CHECKPOINT)."""
@@ -136,7 +156,7 @@ def register_champion(tracker: Tracker, best: TrialSummary, name: str,
     client = tracker.client
     mlflow.set_tracking_uri(client.tracking_uri)
     run_id = tracker.children[best.trial_id]
-    with _model_logging, mlflow.start_run(run_id=run_id):
+    with _model_logging, reopened(client, run_id):
         info = mlflow.pytorch.log_model(
             model,
             name="model",
@@ -152,11 +172,101 @@ def register_champion(tracker: Tracker, best: TrialSummary, name: str,
             mlflow.log_artifact(str(path), str(Path(CHAMPION_CHECKPOINT).parent))
     version = int(info.registered_model_version)
     client.set_registered_model_alias(name, CHAMPION, str(version))
+    if description:
+        client.update_model_version(name, str(version), description=description)
     return version
 
 
+def curves(rows: list[TrialSummary], metric: str) -> list[plots.TrialCurve]:
+    """Each trial's metric per epoch, from its result.json (an epoch repeated after a retry
+    from a checkpoint counts once: its last value)."""
+    out = []
+    for r in rows:
+        frame = getattr(r.result, "metrics_dataframe", None)
+        by_epoch: dict[int, float] = {}
+        if frame is not None and {"epoch", metric} <= set(frame.columns):
+            for epoch, value in zip(frame["epoch"], frame[metric], strict=True):
+                if epoch == epoch and value == value:  # not NaN (an error result has neither)
+                    by_epoch[int(epoch)] = float(value)
+        epochs = sorted(by_epoch)
+        out.append(plots.TrialCurve(r.trial_id, r.outcome, epochs,
+                                    [by_epoch[e] for e in epochs], r.params))
+    return out
+
+
+def draw(rows: list[TrialSummary], cfg: SearchConfig, best_id: str | None,
+         folder: Path) -> plots.Plots:
+    """The search's pictures in `folder` (learning curves, metric against each searched
+    hyperparameter, importances), with the importances. Never raises: a picture that
+    cannot be drawn is left out and logged."""
+    from optuna.distributions import FloatDistribution
+
+    distributions, log_params = {}, set()
+    for name in searched(cfg.space):
+        r = getattr(cfg.space, name)
+        if name == "one_minus_beta2":  # trials report beta2 itself
+            distributions["beta2"] = FloatDistribution(1 - r.high, 1 - r.low)
+        else:
+            distributions[name] = FloatDistribution(r.low, r.high, log=r.log)
+            if r.log:
+                log_params.add(name)
+    folder.mkdir(parents=True, exist_ok=True)
+    return plots.draw_all(curves(rows, cfg.search.metric), cfg.search.metric, cfg.search.mode,
+                          best_id, log_params, distributions, folder)
+
+
+def _markdown_table(rows: list[TrialSummary], metric: str, limit: int = 10) -> list[str]:
+    names = list(rows[0].params) if rows else []
+    lines = ["| rank | trial | outcome | epochs | " + f"{metric} | val_loss | "
+             + " | ".join(names) + " |", "|" + "---|" * (6 + len(names))]
+    for i, r in enumerate(rows[:limit], 1):
+        loss = (r.result.metrics or {}).get("val_loss", math.nan)
+        lines.append(f"| {i} | {r.trial_id} | {r.outcome} | {r.epochs} | {r.value:.4f} | "
+                     f"{loss:.4f} | " + " | ".join(fmt(r.params[n]) for n in names) + " |")
+    return lines
+
+
+def search_description(rows: list[TrialSummary], cfg: SearchConfig, best: TrialSummary,
+                       champion: str | None, best_yaml: Path,
+                       importances: dict[str, dict[str, float]]) -> str:
+    """The parent run's Markdown description: what was searched, who won and why, how to
+    retrain it, where the model is, and the top of the table."""
+    counts = ", ".join(f"{sum(r.outcome == k for r in rows)} {k}"
+                       for k in ("completed", "pruned", "diverged", "failed"))
+    loss = (best.result.metrics or {}).get("val_loss", math.nan)
+    lines = [
+        f"**Search `{cfg.name}`**: {len(rows)} trials ({counts}), {cfg.search.sampler} "
+        f"sampler, {cfg.scheduler.name} scheduler, {cfg.train.epochs} epochs at most.",
+        "",
+        f"**Best**: trial `{best.trial_id}`, {cfg.search.metric} {best.value:.4f} "
+        f"(val_loss {loss:.4f}) after {best.epochs} epochs: {sample_line(best.params)}",
+        "",
+        f"**Ranking**: {tie_rule(cfg.search.metric, cfg.search.mode)}.",
+        "",
+        f"**Retrain**: `python -m search.train {best_yaml}`",
+    ]
+    if champion:
+        lines += ["", f"**Model**: `{champion}` (the best trial's run is tagged `champion`)"]
+    if importances:
+        lines += ["", "**Hyperparameter " + plots.importance_line(importances).replace(
+            ":", "**:", 1)]
+    return "\n".join([*lines, "", *_markdown_table(rows, cfg.search.metric)])
+
+
+def model_description(cfg: SearchConfig, best: TrialSummary, best_yaml: Path) -> str:
+    """The champion model version's Markdown description."""
+    return (f"Best trial `{best.trial_id}` of search `{cfg.name}`: {cfg.search.metric} "
+            f"{best.value:.4f} after {best.epochs} epochs; {sample_line(best.params)}.\n\n"
+            "Input: float32 images `(N, C, H, W)` scaled to [0, 1] (the normalisation is part "
+            "of the model); output: logits. `mlflow.pytorch.load_model` returns the exported "
+            "graph: call it as it is, no `.eval()`.\n\n"
+            f"Retrain: `python -m search.train {best_yaml}`; ONNX: "
+            f"`python -m search.deploy {best_yaml.parent}`.")
+
+
 def print_summary(rows: list[TrialSummary], cfg: SearchConfig, best_yaml: Path | None,
-                  tracking_uri: str) -> None:
+                  tracking_uri: str, experiment_id: str = "",
+                  importances: dict[str, dict[str, float]] | None = None) -> None:
     """The search's closing lines, to the `search` logger."""
     counts = {k: sum(r.outcome == k for r in rows)
               for k in ("completed", "pruned", "diverged", "failed")}
@@ -171,8 +281,12 @@ def print_summary(rows: list[TrialSummary], cfg: SearchConfig, best_yaml: Path |
         log.info("  %s  failed: %s", r.trial_id, r.error)
     if len(failed) > 5:
         log.info("  ... and %d more failed trials", len(failed) - 5)
+    if importances:
+        log.info("%s", plots.importance_line(importances))
     if best_yaml is not None:
         log.info("best config: %s  (retrain: python -m search.train %s)", best_yaml, best_yaml)
-    ui = (f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1"
-          if not tracking_uri.startswith("http") else f"open {redact(tracking_uri)}")
-    log.info("browse the trials: %s", ui)
+    if tracking_uri.startswith("http"):
+        log.info("browse the trials: %s", ui_link(redact(tracking_uri), experiment_id))
+    else:
+        log.info("browse the trials: mlflow ui --backend-store-uri %s --host 127.0.0.1, then "
+                 "open %s", tracking_uri, ui_link(LOCAL_UI, experiment_id))

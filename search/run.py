@@ -22,7 +22,7 @@ from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from search import cluster, preflight, results, user_code
+from search import cluster, optuna_search, preflight, results, user_code
 from search import config as config_
 from search.asha import RungState, rung_epochs
 from search.checkpoints import CheckpointJanitor
@@ -36,9 +36,9 @@ from search.tracking import (
     REDACTED,
     TrackingCallback,
     check_tracking_uri,
-    flatten,
     mlflow_settings,
     redact,
+    search_params,
 )
 from search.trainable import run_trial
 
@@ -130,6 +130,12 @@ def public(cfg: SearchConfig) -> dict:
     return raw
 
 
+def local_folder(storage: str, name: str) -> Path:
+    """Where the driver writes its own files of a search (best.yaml, the Optuna journal,
+    plots): Ray's experiment folder when storage is local, else runs/NAME here."""
+    return Path(storage if "://" not in storage else "runs", name)
+
+
 def trial_dirname(trial: tune.experiment.Trial) -> str:
     """Short trial folders (Ray's default spells out every hyperparameter)."""
     return f"trial_{trial.trial_id}"
@@ -153,7 +159,8 @@ def tracking_callback(cfg: SearchConfig, storage: str, name: str,
     """The search's MLflow tracking, as the Tune callback that feeds it."""
     return TrackingCallback(
         tracking_uri, cfg.mlflow.experiment or name, f"{storage}/{name}", name,
-        flatten(public(cfg)), cfg.train.epochs,
+        search_params(cfg), cfg.train.epochs,
+        config_yaml=yaml.safe_dump(public(cfg), sort_keys=False),
     )
 
 
@@ -171,6 +178,8 @@ def build_tuner(cfg: SearchConfig, storage: str, name: str, tracking: TrackingCa
     searcher = OptunaSearch(
         space=DefineByRun(cfg.space), metric=s.metric, mode=s.mode, sampler=sampler,
         points_to_evaluate=[p for p in points if p], max_epoch=cfg.train.epochs,
+        storage=optuna_search.storage(s.optuna_storage, local_folder(storage, name)),
+        study_name=name,
     )
     scheduler = (
         ASHAScheduler(time_attr="epoch", max_t=cfg.train.epochs,
@@ -304,27 +313,36 @@ def _fit(args, cfg: SearchConfig, storage: str, name: str, tracking: TrackingCal
     best = next((r for r in rows if r.outcome in ("completed", "pruned")), None)
     best_yaml, champion = None, None
     failed = sum(r.outcome == "failed" for r in rows)
+    folder = local_folder(storage, name)
+    pictures = results.draw(rows, cfg, best.trial_id if best else None, folder / "plots")
     if best is not None:
-        best_yaml = Path(storage if "://" not in storage else "runs", name, BEST_CONFIG)
+        best_yaml = folder / BEST_CONFIG
         text = results.write_best_yaml(cfg, best, best_yaml)
         if cfg.mlflow.register_as and best.result.checkpoint is not None:
             tracker.drain(timeout_s=DRAIN_S)  # the best trial's run must exist
-            version = results.register_champion(tracker, best, cfg.mlflow.register_as,
-                                                  trial_config(cfg, best.result.config))
+            version = results.register_champion(
+                tracker, best, cfg.mlflow.register_as, trial_config(cfg, best.result.config),
+                results.model_description(cfg, best, best_yaml))
             champion = f"models:/{cfg.mlflow.register_as}@{results.CHAMPION}"
             log.info("registered %s version %s as @%s", cfg.mlflow.register_as, version,
                      results.CHAMPION)
-        top = [{"trial_id": r.trial_id, "outcome": r.outcome, "epochs": r.epochs,
-                cfg.search.metric: r.value, **r.params} for r in rows[:10]]
+        tracker.rank_trials([r.trial_id for r in rows], best.trial_id if champion else None)
+        top = [{"rank": i, "trial_id": r.trial_id, "outcome": r.outcome, "epochs": r.epochs,
+                cfg.search.metric: r.value, **r.params} for i, r in enumerate(rows[:10], 1)]
         tracker.finish({"params": best.params, "metric": cfg.search.metric,
                         "value": best.value, "trial_id": best.trial_id,
                         "failed_trials": failed}, top, text,
-                       status="FAILED" if failed else "FINISHED")
+                       status="FAILED" if failed else "FINISHED",
+                       description=results.search_description(rows, cfg, best, champion,
+                                                              best_yaml, pictures.importances),
+                       importances=pictures.importances,
+                       plots=str(folder / "plots") if pictures.paths else None)
     else:
         tracker.fail_search(failed)
     if not tracker.drain(timeout_s=DRAIN_S):
         log.warning("%d MLflow writes could not be delivered", tracker.pending)
-    results.print_summary(rows, cfg, best_yaml, tracking_uri)
+    results.print_summary(rows, cfg, best_yaml, tracking_uri, tracker.experiment_id,
+                          pictures.importances)
     return SearchResult(
         name=name, path=path,
         best_config=trial_config(cfg, best.result.config) if best is not None else None,

@@ -52,6 +52,17 @@ def optimizer_params(sample: dict[str, Any]) -> dict[str, float]:
     return params
 
 
+def fmt(value: float) -> str:
+    """A value with its real magnitude, short: 0.00506, 2.23e-10, and beta2 as 0.99984
+    (three significant digits would round it to 1)."""
+    return f"{value:.3g}" if abs(value) < 0.9 else f"{value:.6g}"
+
+
+def sample_line(params: dict[str, float]) -> str:
+    """`lr=0.00506 beta1=0.975863 ...`: a trial's sampled optimizer values."""
+    return " ".join(f"{k}={fmt(v)}" for k, v in params.items())
+
+
 def trial_config(cfg: SearchConfig | TrialConfig, sample: dict[str, Any]) -> TrialConfig:
     """The single-run config of one trial: the base config with the sample's optimizer."""
     base = cfg.trial() if isinstance(cfg, SearchConfig) else cfg

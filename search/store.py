@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import re
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -120,3 +122,28 @@ def registered_version(model_uri: str, tracking_uri: str, label: str):
         what = f"alias {alias!r}" if alias else f"version {number}"
         raise ConfigError(f"{label}: model {name!r} has no {what}") from None
     return client, version
+
+
+@contextmanager
+def reopened(client, run_id: str) -> Iterator[None]:
+    """`mlflow.start_run(run_id=...)` on an ended run, for logging a model under it, that
+    leaves the run as it ended: status and end time (a trial run's duration stays its
+    training's, not the time until the champion was logged)."""
+    import mlflow
+
+    info = client.get_run(run_id).info
+    with mlflow.start_run(run_id=run_id):
+        yield
+    if info.end_time:
+        client.set_terminated(run_id, info.status, end_time=info.end_time)
+
+
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` listens by default
+
+
+def ui_link(base: str, experiment_id: str) -> str:
+    """The MLflow UI's page of an experiment's training runs. MLflow 3's UI opens an
+    experiment in its GenAI view (traces) unless asked for the machine-learning one."""
+    if not experiment_id:
+        return base
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"

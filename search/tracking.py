@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from ray import tune
 
-from search.space import optimizer_params
+from search.config import SearchConfig
+from search.space import NAMES, fmt, optimizer_params, sample_line
 
 # Re-exported: the names of the MLflow store as every command uses them.
 from search.store import (  # noqa: F401
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 METRICS = ("train_loss", "val_loss", "val_acc", "lr", "epoch_s", "images_per_s")
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
+NOTE_TAG = "mlflow.note.content"  # a run's Markdown description in the MLflow UI
 SEARCH_TAG = "search.dir"  # identifies a search's parent run across restarts
 DRAIN_S = 300.0  # at the end, how long to wait for a tracking server to come back
 RETRY_S = 3.0  # pause between delivery attempts while the tracking server is down
@@ -60,16 +62,27 @@ def error_line(error: Any) -> str:
     return (lines[-1] if lines else type(error).__name__)[:300]
 
 
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested config -> {"optimizer.lr": "0.001", ...} for MLflow params."""
-    out: dict[str, str] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = str(v)
-    return out
+def search_params(cfg: SearchConfig) -> dict[str, str]:
+    """The parent run's params: what was searched and how, short enough to read in the
+    UI's columns (the whole config is the parent's `config.yaml` artifact)."""
+    params = {}
+    for name in NAMES:
+        r = getattr(cfg.space, name)
+        params[f"space.{name}"] = (f"fixed {fmt(r.value)}" if r.fixed else
+                                   f"{'log-uniform' if r.log else 'uniform'} "
+                                   f"[{fmt(r.low)}, {fmt(r.high)}]")
+    s, sch = cfg.search, cfg.scheduler
+    params["search.sampler"] = (f"{s.sampler} (seed {s.seed}"
+                                + (f", {s.n_startup_trials} random first" if s.sampler == "tpe"
+                                   else "") + ")")
+    params["search.trials"] = f"{s.num_samples}, {s.max_concurrent} at a time"
+    params["search.metric"] = f"{s.metric} ({s.mode})"
+    params["scheduler"] = (f"asha (grace {sch.grace_period}, reduction {sch.reduction_factor:g})"
+                           if sch.name == "asha" else sch.name)
+    params.update({"model.name": cfg.model.name, "data.dataset": cfg.data.dataset,
+                   "optimizer.name": cfg.optimizer.name, "train.epochs": str(cfg.train.epochs),
+                   "train.batch_size": str(cfg.train.batch_size)})
+    return params
 
 
 def outcome(metrics: dict[str, Any], epochs: int, error: bool) -> str:
@@ -116,7 +129,7 @@ class Tracker:
     """
 
     def __init__(self, tracking_uri: str, experiment: str, search_dir: str, run_name: str,
-                 params: dict[str, str]) -> None:
+                 params: dict[str, str], config_yaml: str = "") -> None:
         self.tracking_uri = tracking_uri
         self.client: MlflowClient | None = None  # set by the first job
         self.experiment_id = ""
@@ -128,7 +141,7 @@ class Tracker:
         self._cv = threading.Condition()
         self._warned = False
         self._started = threading.Event()
-        self.submit(lambda: self._open(experiment, search_dir, run_name, params))
+        self.submit(lambda: self._open(experiment, search_dir, run_name, params, config_yaml))
         threading.Thread(target=self._deliver_forever, name="mlflow-writer", daemon=True).start()
 
     def start(self) -> None:
@@ -143,7 +156,7 @@ class Tracker:
             return len(self._jobs) + self._busy
 
     def _open(self, experiment: str, search_dir: str, run_name: str,
-              params: dict[str, str]) -> None:
+              params: dict[str, str], config_yaml: str) -> None:
         """Find the search's parent run (a resumed search) with its children, or create it."""
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
@@ -161,6 +174,8 @@ class Tracker:
             items = [Param(k, v[:6000]) for k, v in params.items()]
             for i in range(0, len(items), 100):  # MLflow takes at most 100 params a batch
                 client.log_batch(parent.info.run_id, params=items[i : i + 100])
+            if config_yaml:  # the whole config; the params say what was searched and how
+                client.log_text(parent.info.run_id, config_yaml, "config.yaml")
         self.client, self.experiment_id = client, experiment_id
         self.parent_run_id = parent.info.run_id
         self._adopt_children()
@@ -284,7 +299,8 @@ class Tracker:
             from mlflow.entities import Param
 
             self.client.log_batch(self.children[trial_id],
-                                  params=[Param(k, repr(v)) for k, v in params.items()])
+                                  # short, so the UI's table cells keep the exponent
+                                  params=[Param(k, fmt(v)) for k, v in params.items()])
 
         self.submit(create)
         self.submit(log_params)
@@ -297,9 +313,11 @@ class Tracker:
     def tag_trial(self, trial_id: str, key: str, value: str) -> None:
         self.submit(RunUpdate(trial_id, tags={key: value}))
 
-    def end_trial(self, trial_id: str, how: str, error: str | None = None) -> None:
+    def end_trial(self, trial_id: str, how: str, error: str | None = None,
+                  epoch: int | None = None) -> None:
         status = "FAILED" if how == "failed" else "FINISHED"
-        tags = {"outcome": how, **({"error": error[:5000]} if error else {})}
+        tags = {"outcome": how, **({"error": error[:5000]} if error else {}),
+                **({"pruned_at_epoch": str(epoch)} if how == "pruned" and epoch else {})}
         self.submit(RunUpdate(trial_id, tags=tags))
         self.submit(lambda: self.client.set_terminated(self.children[trial_id], status))
 
@@ -323,21 +341,41 @@ class Tracker:
                                                 str(failed_trials)))
         self.submit(lambda: self.client.set_terminated(self.parent_run_id, "FAILED"))
 
+    def rank_trials(self, ranked: list[str], champion: str | None) -> None:
+        """Tag each trial's run with its rank (1 = best) and the champion's with `champion`."""
+        for rank, trial_id in enumerate(ranked, 1):
+            tags = {"rank": str(rank), **({"champion": "true"} if trial_id == champion else {})}
+            self.submit(RunUpdate(trial_id, tags=tags))
+
     def finish(self, best: dict[str, Any], top: list[dict[str, Any]], best_yaml: str,
-               status: str = "FINISHED") -> None:
+               status: str = "FINISHED", description: str = "",
+               importances: dict[str, dict[str, float]] | None = None,
+               plots: str | None = None) -> None:
+        """The parent's closing record: best values, best.yaml, the top-k table, a Markdown
+        description, parameter importances (metrics) and the plots (a folder of PNGs)."""
         def end() -> None:
             from mlflow.entities import Metric, Param, RunTag
 
             run_id = self.parent_run_id
-            params = [Param(f"best.{k}", str(v)) for k, v in best["params"].items()]
-            metrics = [Metric(f"best_{best['metric']}", float(best["value"]),
-                              int(time.time() * 1000), 0)]
-            self.client.log_batch(run_id, metrics=metrics, params=params,
-                                  tags=[RunTag("best_trial_id", best["trial_id"]),
-                                        RunTag("failed_trials", str(best["failed_trials"]))])
+            now = int(time.time() * 1000)
+            params = [Param(f"best.{k}", fmt(v)) for k, v in best["params"].items()]
+            metrics = [Metric(f"best_{best['metric']}", float(best["value"]), now, 0)]
+            metrics += [Metric(f"importance.{evaluator}.{name}", float(value), now, 0)
+                        for evaluator, values in (importances or {}).items()
+                        for name, value in values.items()]
+            tags = [RunTag("best_trial_id", best["trial_id"]),
+                    RunTag("failed_trials", str(best["failed_trials"]))]
+            if description:
+                tags.append(RunTag(NOTE_TAG, description))
+            self.client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
             self.client.log_text(run_id, best_yaml, "best.yaml")
-            columns = {k: [row[k] for row in top] for k in top[0]} if top else {}
-            self.client.log_table(run_id, columns, "top_trials.json")
+            # Plain JSON, every value with its full precision (MLflow's log_table goes
+            # through pandas, which writes 2.23e-10 as 2e-10).
+            self.client.log_dict(run_id, {"columns": list(top[0]) if top else [],
+                                          "data": [list(row.values()) for row in top]},
+                                 "top_trials.json")
+            if plots:
+                self.client.log_artifacts(run_id, plots, "plots")
             self.client.set_terminated(run_id, status)
 
         self.submit(end)
@@ -355,8 +393,9 @@ class TrackingCallback(tune.Callback):
     """
 
     def __init__(self, tracking_uri: str, experiment: str, search_dir: str, run_name: str,
-                 params: dict[str, str], epochs: int) -> None:
+                 params: dict[str, str], epochs: int, config_yaml: str = "") -> None:
         self.tracking_uri = tracking_uri
+        self.config_yaml = config_yaml
         self.experiment = experiment
         self.search_dir = search_dir
         self.run_name = run_name
@@ -379,7 +418,7 @@ class TrackingCallback(tune.Callback):
             if self.search_dir not in _open_trackers:
                 _open_trackers[self.search_dir] = Tracker(
                     self.tracking_uri, self.experiment, self.search_dir, self.run_name,
-                    self.params)
+                    self.params, getattr(self, "config_yaml", ""))
             self.tracker = _open_trackers[self.search_dir]
         return self.tracker
 
@@ -389,7 +428,10 @@ class TrackingCallback(tune.Callback):
             self.tracker.keep_only({t.trial_id for t in trials})
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self.tracker.start_trial(trial.trial_id, str(trial), optimizer_params(trial.config))
+        params = optimizer_params(trial.config)
+        # The run's name says what it tried: `c57f6e80 lr=0.001 beta1=0.9 ...`
+        self.tracker.start_trial(trial.trial_id, f"{trial.trial_id} {sample_line(params)}",
+                                 params)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         if "epoch" not in result or result.get("error"):
@@ -407,7 +449,7 @@ class TrackingCallback(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         last = trial.last_result or {}
         self.tracker.end_trial(trial.trial_id, outcome(last, self.epochs, error=False),
-                               last.get("error"))
+                               last.get("error"), last.get("epoch"))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self.tracker.end_trial(trial.trial_id, "failed", error_line(trial.get_error()))

@@ -64,10 +64,11 @@ def test_mlflow_has_one_parent_with_a_child_per_trial_and_clean_histories(search
     assert len(parents) == 1
     parent = parents[0]
     assert parent.info.status == "FINISHED"
-    assert parent.data.params["optimizer.lr"] and parent.data.params["space.lr.low"]
+    assert parent.data.params["space.lr"] == "log-uniform [0.0001, 0.1]"
+    assert parent.data.params["scheduler"] == "asha (grace 1, reduction 3)"
     assert "best_val_acc" in parent.data.metrics and "best.lr" in parent.data.params
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"best.yaml", "top_trials.json"} <= artifacts
+    assert {"best.yaml", "top_trials.json", "config.yaml", "plots"} <= artifacts
     for kid in kids:
         assert kid.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert set(kid.data.params) == {"lr", "beta1", "beta2", "eps", "weight_decay"}
@@ -107,7 +108,7 @@ def test_best_yaml_retrains_to_the_best_trials_accuracy(search, tmp_path):
     best_id = parents[0].data.tags["best_trial_id"]
     best = next(k for k in kids if k.data.tags["trial_id"] == best_id)
     assert best.data.tags["outcome"] == "completed"
-    assert float(best.data.params["lr"]) == pytest.approx(cfg.optimizer.lr)
+    assert float(best.data.params["lr"]) == pytest.approx(cfg.optimizer.lr, rel=5e-3)  # 3 digits
     proc = run_module("search.train", str(best_yaml), "--out", str(tmp_path / "out"), cwd=cwd)
     assert proc.returncode == 0, proc.stderr
     final = float(proc.stdout.strip().splitlines()[-1].split("val_acc ")[1].split(";")[0])
@@ -157,10 +158,17 @@ def test_killed_driver_resumes_and_finishes_every_trial(tmp_path):
     # The Optuna study came back with the searcher: every trial told once, none lost.
     state_file = max(exp_dir.glob("searcher-state-*.pkl"))  # named by session start time
     study = pickle.loads(state_file.read_bytes())["_ot_study"]
-    states = [t.state.name for t in study.trials]
+    ids = {k.data.tags["trial_id"] for k in kids}
+    trials = [t for t in study.trials if t.user_attrs.get("ray_trial_id") in ids]
+    states = [t.state.name for t in trials]
     assert len(states) == 5 and set(states) <= {"COMPLETE", "PRUNED"}
-    sampled = [t.params["lr"] for t in study.trials]
-    assert sorted(sampled) == sorted(float(k.data.params["lr"]) for k in kids)
+    # Trials the killed driver asked for after its last snapshot, which Ray does not know:
+    # told FAIL on resume if they had not finished, kept as they ended if they had (real
+    # evaluations); none is left RUNNING.
+    assert all(t.state.name != "RUNNING" for t in study.trials)
+    sampled = [t.params["lr"] for t in trials]
+    assert sorted(sampled) == pytest.approx(sorted(float(k.data.params["lr"]) for k in kids),
+                                            rel=5e-3)
     # ASHA's rungs came back too (Ray itself rebuilds the scheduler empty): every trial,
     # those that ended before the kill included, is recorded at the first rung (epoch 1)
     # with its epoch-1 accuracy, not with a later epoch's. search.asha.RungState keeps them

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from search.store import CHAMPION
+from search.store import CHAMPION, reopened
 
 SUFFIX = {"onnx": "-onnx", "onnx-int8": "-onnx-int8"}  # registered name = champion's + this
 
@@ -21,7 +21,8 @@ def register(path: Path, name: str, run_id: str, tracking_uri: str, example: np.
     from mlflow.models import infer_signature
 
     mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(run_id=run_id):
+    client = mlflow.MlflowClient(tracking_uri)
+    with reopened(client, run_id):
         info = mlflow.onnx.log_model(
             onnx.load(str(path)), name=path.stem, registered_model_name=name,
             signature=infer_signature(example, logits), input_example=example,
@@ -29,7 +30,6 @@ def register(path: Path, name: str, run_id: str, tracking_uri: str, example: np.
             onnx_execution_providers=onnxruntime.get_available_providers(),
         )
     version = str(info.registered_model_version)
-    client = mlflow.MlflowClient(tracking_uri)
     client.set_registered_model_alias(name, CHAMPION, version)
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)

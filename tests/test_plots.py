@@ -1,0 +1,215 @@
+"""The pictures of a finished search (search.plots), drawn for real with matplotlib and
+Optuna's importance evaluators, then read back from the PNGs."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+
+import numpy as np
+import pytest
+from optuna.distributions import FloatDistribution
+
+from search.plots import (
+    Plots,
+    TrialCurve,
+    draw_all,
+    importance_chart,
+    importance_line,
+    importances,
+    learning_curves,
+    metric_vs_params,
+)
+
+LOG_PARAMS = {"lr", "eps"}
+DISTRIBUTIONS = {
+    "lr": FloatDistribution(1e-5, 1e-1, log=True),
+    "beta1": FloatDistribution(0.8, 0.99),
+    "eps": FloatDistribution(1e-10, 1e-6, log=True),
+}
+
+
+def _search() -> list[TrialCurve]:
+    """8 trials of a 6-epoch ASHA search: 4 completed, 3 pruned (epoch 1 or 3), 1 failed.
+
+    beta2 is fixed (a constant param), lr/beta1/eps are searched.
+    """
+    rng = random.Random(1)
+    spec = [("t0", "completed", 6), ("t1", "pruned", 1), ("t2", "completed", 6),
+            ("t3", "pruned", 3), ("t4", "completed", 6), ("t5", "pruned", 1),
+            ("t6", "completed", 6), ("t7", "failed", 0)]
+    curves = []
+    for i, (tid, outcome, n) in enumerate(spec):
+        lr = 10 ** rng.uniform(-5, -1)
+        quality = 1.0 - 0.1 * abs(math.log10(lr) + 2.5)
+        epochs = list(range(1, n + 1))
+        values = [min(0.99, quality * (1 - 0.5 ** e)) for e in epochs]
+        params = {"lr": lr, "beta1": 0.8 + 0.02 * i, "beta2": 0.999,
+                  "eps": 10 ** rng.uniform(-10, -6)}
+        curves.append(TrialCurve(tid, outcome, epochs, values, params))
+    return curves
+
+
+def _best(curves: list[TrialCurve]) -> str:
+    done = [c for c in curves if c.outcome == "completed"]
+    return max(done, key=lambda c: c.values[-1]).trial_id
+
+
+def _read_png(path):
+    """The PNG as an array, asserted not blank: several colours, real contrast."""
+    import matplotlib.image
+
+    img = matplotlib.image.imread(path)
+    rgb = img[..., :3].reshape(-1, 3)
+    assert rgb.std() > 0.05, f"{path} looks blank"
+    assert len(np.unique(np.round(rgb * 255).astype(int), axis=0)) > 10, f"{path}: one colour"
+    return img
+
+
+@pytest.fixture(scope="module")
+def drawn(tmp_path_factory) -> tuple[list[TrialCurve], str, Plots]:
+    curves = _search()
+    best = _best(curves)
+    folder = tmp_path_factory.mktemp("plots")
+    return curves, best, draw_all(curves, "val_acc", "max", best, LOG_PARAMS, DISTRIBUTIONS,
+                                  folder)
+
+
+def test_draw_all_writes_three_pngs(drawn):
+    _, _, plots = drawn
+    assert set(plots.paths) == {"learning_curves", "metric_vs_params", "importances"}
+    for name, path in plots.paths.items():
+        assert path.name == f"{name}.png" and path.is_file()
+    assert _read_png(plots.paths["learning_curves"]).shape[:2] == (500, 800)
+    # 3 varying params (lr, beta1, eps) -> one row of 3: 12 x 3.5 in at 100 dpi
+    assert _read_png(plots.paths["metric_vs_params"]).shape[:2] == (350, 1200)
+    assert _read_png(plots.paths["importances"]).shape[1] == 1200
+
+
+def test_learning_curves_one_styled_line_per_trial(drawn, tmp_path):
+    curves, best, _ = drawn
+    fig = learning_curves(curves, "val_acc", "max", best, tmp_path / "lc.png")
+    assert _read_png(tmp_path / "lc.png").shape[:2] == (500, 800)
+    (ax,) = fig.axes
+    lines = {line.get_gid(): line for line in ax.get_lines()}
+    with_points = [c for c in curves if c.epochs]
+    assert len(ax.get_lines()) == len(with_points) == 7  # the failed trial has no point
+    assert set(lines) == {c.trial_id for c in with_points}
+    for c in with_points:
+        assert list(lines[c.trial_id].get_xdata()) == c.epochs
+    by_outcome = {c.trial_id: c.outcome for c in curves}
+    completed = {lines[t].get_linestyle() for t in lines if by_outcome[t] == "completed"}
+    pruned = {lines[t].get_linestyle() for t in lines if by_outcome[t] == "pruned"}
+    assert len(completed) == 1 and len(pruned) == 1 and completed != pruned
+    # a pruned line has a marker at the epoch it was stopped
+    pruned_line = lines["t3"]
+    assert pruned_line.get_marker() not in (None, "None", "") and pruned_line.get_markevery()
+    widths = {t: line.get_linewidth() for t, line in lines.items()}
+    assert widths[best] == max(widths.values())
+    assert all(w < widths[best] for t, w in widths.items() if t != best)
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["completed", "pruned", f"best {best}"]  # styles, not one per trial
+    assert "8 trials" in ax.get_title()
+    assert ax.get_xlabel() == "epoch" and "val_acc" in ax.get_ylabel()
+
+
+def test_metric_vs_params_axes_and_scales(drawn, tmp_path):
+    curves, _, _ = drawn
+    fig = metric_vs_params(curves, "val_acc", LOG_PARAMS, tmp_path / "mp.png")
+    axes = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in axes] == ["lr", "beta1", "eps"]  # beta2 is constant
+    for ax in axes:
+        assert ax.get_xscale() == ("log" if ax.get_title() in LOG_PARAMS else "linear")
+        # completed and pruned as separate collections; 7 trials with a value
+        assert len(ax.collections) == 2
+        assert sum(len(c.get_offsets()) for c in ax.collections) == 7
+    # y is the last reported value
+    lr_ax = axes[0]
+    ys = sorted(float(y) for c in lr_ax.collections for y in c.get_offsets()[:, 1])
+    assert ys == pytest.approx(sorted(c.values[-1] for c in curves if c.values))
+
+    more = [TrialCurve(f"x{i}", "completed", [1], [0.5], {f"p{j}": i + j for j in range(5)})
+            for i in range(3)]
+    fig = metric_vs_params(more, "val_acc", set(), tmp_path / "mp5.png")
+    assert len([ax for ax in fig.axes if ax.get_title()]) == 5
+    assert _read_png(tmp_path / "mp5.png").shape[:2] == (700, 1200)  # 2 rows of 3
+
+
+def test_importances_per_evaluator(drawn, tmp_path):
+    _, _, plots = drawn
+    found = plots.importances
+    assert set(found) == {"fanova", "ped_anova", "mean_decrease_impurity"}
+    for shares in found.values():
+        assert set(shares) == {"lr", "beta1", "eps"}
+        assert all(v >= 0 for v in shares.values())
+        assert list(shares.values()) == sorted(shares.values(), reverse=True)
+    assert sum(found["fanova"].values()) == pytest.approx(1.0)
+
+    fig = importance_chart(found, tmp_path / "imp.png")
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == list(found)
+    for ax, shares in zip(panels, found.values(), strict=True):
+        widths = [p.get_width() for p in ax.patches]
+        assert widths == sorted(widths)  # bottom-up: the most important on top
+        assert [t.get_text() for t in ax.get_yticklabels()][-1] == next(iter(shares))
+
+    line = importance_line(found)
+    assert line.startswith("importance (fanova): ")
+    assert line.count(",") == 2 and importance_line({}) == ""
+
+
+def test_importances_find_the_parameter_that_matters():
+    """The metric depends on lr only (beta1 is noise): fanova ranks lr first."""
+    rng = np.random.default_rng(0)
+    curves = []
+    for i in range(30):
+        lr = float(10 ** rng.uniform(-5, -1))
+        value = -((math.log10(lr) + 2.5) ** 2) + float(rng.normal(0, 0.05))
+        params = {"lr": lr, "beta1": float(rng.uniform(0.8, 0.99))}
+        curves.append(TrialCurve(f"t{i}", "completed", [1, 2], [value - 1, value], params))
+    found = importances(curves, "val_acc", "max", DISTRIBUTIONS)
+    assert found["fanova"]["lr"] > 0.7
+    # every evaluator agrees; lr before beta1 in the params also checks the names are not
+    # mislabelled (Optuna's MDI evaluator pairs columns sorted by name with `params` as given)
+    for name, shares in found.items():
+        assert max(shares, key=shares.get) == "lr", (name, shares)
+
+
+def test_importances_use_completed_trials_only():
+    curves = _search()
+    done = [c for c in curves if c.outcome == "completed"]
+    assert importances(curves, "val_acc", "max", DISTRIBUTIONS)["fanova"] == pytest.approx(
+        importances(done, "val_acc", "max", DISTRIBUTIONS)["fanova"])
+    assert importances(done[:1] + curves[1:2], "val_acc", "max", DISTRIBUTIONS) == {}
+
+
+def test_importances_infer_a_missing_or_wrong_distribution(caplog):
+    curves = [c for c in _search() if c.outcome == "completed"]
+    wrong = {"lr": FloatDistribution(0.5, 1.0)}  # does not hold the sampled lrs
+    with caplog.at_level(logging.WARNING, logger="search.plots"):
+        found = importances(curves, "val_acc", "min", wrong)
+    assert set(found["fanova"]) == {"lr", "beta1", "eps"}
+    assert "lr's distribution" in caplog.text
+
+
+@pytest.mark.parametrize("case", ["none", "one", "all_failed", "no_epochs", "constant"])
+def test_degenerate_input_draws_without_raising(case, tmp_path):
+    one = TrialCurve("a", "completed", [1, 2], [0.3, 0.4], {"lr": 1e-3})
+    curves = {
+        "none": [],
+        "one": [one],
+        "all_failed": [TrialCurve(f"f{i}", "failed", [], [], {"lr": 10.0 ** -i})
+                       for i in range(3)],
+        "no_epochs": [one, TrialCurve("b", "pruned", [], [], {"lr": 1e-2})],
+        "constant": [one, TrialCurve("b", "completed", [1], [float("nan")], {"lr": 1e-3})],
+    }[case]
+    plots = draw_all(curves, "val_acc", "max", "a" if curves else None, {"lr"}, {}, tmp_path)
+    assert plots.importances == {}
+    assert set(plots.paths) == {"learning_curves", "metric_vs_params"}
+    assert not (tmp_path / "importances.png").exists()
+    for path in plots.paths.values():
+        assert path.is_file()
+    assert _read_png(plots.paths["learning_curves"]).shape[:2] == (500, 800)
+    importance_chart({}, tmp_path / "empty.png")  # an empty chart says so rather than raising
+    assert (tmp_path / "empty.png").is_file()
