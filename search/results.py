@@ -68,6 +68,12 @@ def summarize(grid: ResultGrid, cfg: SearchConfig) -> list[TrialSummary]:
     return sorted(rows, key=key)  # stable: a full tie keeps the order trials started in
 
 
+def outcome_counts(rows: list[TrialSummary]) -> str:
+    """`5 completed, 3 pruned, 0 diverged, 0 failed`"""
+    return ", ".join(f"{sum(r.outcome == k for r in rows)} {k}"
+                     for k in ("completed", "pruned", "diverged", "failed"))
+
+
 def tie_breaker(metric: str) -> tuple[str, int] | None:
     """How trials equal on `metric` are ordered: (other metric, sign to sort ascending).
     val_acc ties (common: 0.98886 is 356/360 digits) go to the lower val_loss, the more
@@ -231,12 +237,11 @@ def search_description(rows: list[TrialSummary], cfg: SearchConfig, best: TrialS
                        importances: dict[str, dict[str, float]]) -> str:
     """The parent run's Markdown description: what was searched, who won and why, how to
     retrain it, where the model is, and the top of the table."""
-    counts = ", ".join(f"{sum(r.outcome == k for r in rows)} {k}"
-                       for k in ("completed", "pruned", "diverged", "failed"))
     loss = (best.result.metrics or {}).get("val_loss", math.nan)
     lines = [
-        f"**Search `{cfg.name}`**: {len(rows)} trials ({counts}), {cfg.search.sampler} "
-        f"sampler, {cfg.scheduler.name} scheduler, {cfg.train.epochs} epochs at most.",
+        f"**Search `{cfg.name}`**: {len(rows)} trials ({outcome_counts(rows)}), "
+        f"{cfg.search.sampler} sampler, {cfg.scheduler.name} scheduler, "
+        f"{cfg.train.epochs} epochs at most.",
         "",
         f"**Best**: trial `{best.trial_id}`, {cfg.search.metric} {best.value:.4f} "
         f"(val_loss {loss:.4f}) after {best.epochs} epochs: {sample_line(best.params)}",
@@ -268,10 +273,7 @@ def print_summary(rows: list[TrialSummary], cfg: SearchConfig, best_yaml: Path |
                   tracking_uri: str, experiment_id: str = "",
                   importances: dict[str, dict[str, float]] | None = None) -> None:
     """The search's closing lines, to the `search` logger."""
-    counts = {k: sum(r.outcome == k for r in rows)
-              for k in ("completed", "pruned", "diverged", "failed")}
-    log.info("search %s: %d trials: %s", cfg.name, len(rows),
-             ", ".join(f"{n} {k}" for k, n in counts.items()))
+    log.info("search %s: %d trials: %s", cfg.name, len(rows), outcome_counts(rows))
     log.info("top 5 by %s (%s):", cfg.search.metric, cfg.search.mode)
     for r in rows[:5]:
         log.info("  %s  %-9s epochs %3d  %s %.4f  %s", r.trial_id, r.outcome, r.epochs,

@@ -31,6 +31,7 @@ from search.config import ConfigError, SearchConfig, TrialConfig
 from search.optuna_search import OptunaSearch
 from search.progress import Progress, setup_logging
 from search.space import DefineByRun, searched, trial_config
+from search.store import local_tracking_uri
 from search.tracking import (
     DRAIN_S,
     REDACTED,
@@ -273,7 +274,7 @@ def search(args: argparse.Namespace) -> SearchResult:
     """The search the command line (or `run_search`) asked for."""
     cfg, storage, name = resolve(args)
     preflight.check(cfg)  # here, not in every trial
-    tracking_uri = cfg.mlflow.tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}"
+    tracking_uri = cfg.mlflow.tracking_uri or local_tracking_uri()
     # Saved in search.yaml (credentials removed): `search.deploy runs/NAME` finds MLflow there.
     cfg = cfg.model_copy(update={"mlflow": cfg.mlflow.model_copy(
         update={"tracking_uri": tracking_uri})})

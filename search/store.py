@@ -82,9 +82,14 @@ def check_tracking_uri(uri: str, register: bool) -> None:
                           f"({getattr(e, 'reason', e)})") from None
 
 
+def local_tracking_uri() -> str:
+    """`mlflow.db` in the working directory: where a search tracks unless told otherwise."""
+    return f"sqlite:///{Path('mlflow.db').resolve()}"
+
+
 def default_tracking_uri() -> str:
     """MLFLOW_TRACKING_URI if set, else `mlflow.db` in the working directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or local_tracking_uri()
 
 
 def existing_store(uri: str, field: str = "--tracking-uri") -> str:
