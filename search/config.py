@@ -222,8 +222,9 @@ class SearchSection(Section):
     seed: int = 0
     metric: str = "val_acc"
     mode: Literal["max", "min"] = "max"
-    sampler: Literal["tpe", "random"] = "tpe"
-    n_startup_trials: int = Field(4, ge=0)  # random trials before TPE models the space
+    # tpe: multivariate TPE; gp: Optuna's Gaussian-process sampler; random (search/strategy.py)
+    sampler: Literal["tpe", "gp", "random"] = "tpe"
+    n_startup_trials: int = Field(4, ge=0)  # random trials before TPE (or GP) models the space
     max_failures: int = Field(2, ge=0)  # retries of a trial that dies (from its checkpoint)
     # Seconds of training between a trial's checkpoints (besides ASHA's rungs and the last
     # epoch, which always get one); null: adaptive, checkpoints take <= 5% of the time.
@@ -242,6 +243,9 @@ class SchedulerConfig(Section):
     name: Literal["asha", "fifo"] = "asha"
     grace_period: int = Field(1, ge=1)  # epochs every trial gets before it can be pruned
     reduction_factor: float = Field(3, gt=1)
+    # Ray's ASHA with this many Hyperband-style brackets (bracket s starts judging at
+    # grace_period * reduction_factor**s epochs); 1: plain ASHA.
+    brackets: int = Field(1, ge=1)
 
 
 class ResourcesConfig(Section):

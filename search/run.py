@@ -15,14 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import optuna
 import ray
 import yaml
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from search import cluster, optuna_search, preflight, results, user_code
+from search import cluster, optuna_search, preflight, results, strategy, user_code
 from search import config as config_
 from search.asha import RungState, rung_epochs
 from search.checkpoints import CheckpointJanitor
@@ -169,11 +167,7 @@ def build_tuner(cfg: SearchConfig, storage: str, name: str, tracking: TrackingCa
                 verbose: bool = False, trial: Callable[..., None] = run_trial) -> tune.Tuner:
     """Ray's and Optuna's own objects, composed: the whole search in one place."""
     s = cfg.search
-    sampler = (
-        optuna.samplers.TPESampler(seed=s.seed, multivariate=True,
-                                   n_startup_trials=s.n_startup_trials)
-        if s.sampler == "tpe" else optuna.samplers.RandomSampler(seed=s.seed)
-    )
+    sampler = strategy.sampler(s)
     names = searched(cfg.space)
     points = [{k: v for k, v in p.items() if k in names} for p in s.points_to_evaluate]
     searcher = OptunaSearch(
@@ -182,12 +176,7 @@ def build_tuner(cfg: SearchConfig, storage: str, name: str, tracking: TrackingCa
         storage=optuna_search.storage(s.optuna_storage, local_folder(storage, name)),
         study_name=name,
     )
-    scheduler = (
-        ASHAScheduler(time_attr="epoch", max_t=cfg.train.epochs,
-                      grace_period=cfg.scheduler.grace_period,
-                      reduction_factor=cfg.scheduler.reduction_factor)
-        if cfg.scheduler.name == "asha" else FIFOScheduler()
-    )
+    scheduler = strategy.scheduler(cfg.scheduler, cfg.train.epochs)
     return tune.Tuner(
         trainable(cfg, trial),
         tune_config=tune.TuneConfig(

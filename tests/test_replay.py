@@ -1,0 +1,135 @@
+"""The replay (bench/replay.py) against Ray Tune's own loop, and its figures by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from bench import replay
+from search.config import SpaceConfig
+
+EPOCHS = 4
+
+
+def small_table(rows: int = 12, seed: int = 0) -> replay.Table:
+    """A dozen configurations of the default space, 4 epochs each, curves that differ."""
+    rng = np.random.default_rng(seed)
+    space = SpaceConfig()
+    names = ["lr", "beta1", "one_minus_beta2", "eps"]
+    points = rng.uniform(size=(rows, len(names)))
+    quality = 1.0 - np.abs(points[:, 0] - 0.6) - 0.2 * points[:, 1]  # best lr in the middle
+    curves = [[float(q * (1 - 0.5 ** e) + 0.01 * rng.uniform()) for e in range(1, EPOCHS + 1)]
+              for q in quality]
+    curves[3] = curves[3][:2] + []  # one diverged row: two epochs, the last at 0
+    curves[3][-1] = 0.0
+    return replay.Table(names=names, space=space, epochs=EPOCHS, points=points,
+                        val_acc=curves, epoch_s=[[0.1] * len(c) for c in curves],
+                        trial_overhead_s=0.5, epoch_overhead_s=0.01)
+
+
+def test_nearest_finds_the_row_of_its_own_configuration():
+    t = small_table()
+    for row, point in enumerate(t.points):
+        params = {}
+        for name, x in zip(t.names, point, strict=True):
+            r = getattr(t.space, name)
+            params[name] = (math.exp(math.log(r.low) + x * (math.log(r.high) - math.log(r.low)))
+                            if r.log else r.low + x * (r.high - r.low))
+        assert replay.nearest(t, params) == row
+
+
+def test_ert_counts_failed_runs_whole_and_divides_by_successes():
+    assert replay.ert([10.0, None, 30.0], [50.0, 100.0, 60.0]) == pytest.approx(70.0)
+    assert replay.ert([None, None], [5.0, 5.0]) == math.inf
+    assert replay.ert([4.0], [9.0]) == 4.0
+
+
+def test_targets_are_accuracies_some_row_ends_at():
+    t = small_table()
+    found = replay.targets(t, (0.5, 0.99))
+    assert set(found.values()) <= set(t.finals.tolist())
+    assert found[0.99] == max(t.finals)
+
+
+def test_cost_to_target_is_the_first_result_reaching_it():
+    trace = replay.Trace(results=[(0, 1, 0.5, 1, 1.0), (1, 1, 0.7, 2, 1.5),
+                                  (0, 2, 0.9, 3, 2.0), (1, 2, 0.95, 4, 2.5)])
+    assert trace.cost_to(0.9) == (3.0, 2.0)
+    assert trace.cost_to(0.99) is None
+
+
+def test_fifo_trains_every_trial_to_its_end_and_asha_prunes():
+    t = small_table()
+    fifo = replay.replay(t, replay.method("random", "random"), 0, budget_epochs=40)
+    assert all(not tr.stopped and tr.epochs == len(t.val_acc[tr.row]) for tr in fifo.trials)
+    asha = replay.replay(t, replay.method("tpe+asha", "tpe", "asha", reduction_factor=2),
+                         0, budget_epochs=40)
+    assert any(tr.stopped for tr in asha.trials)
+    assert len(asha.trials) > len(fifo.trials)
+
+
+def test_the_same_seed_replays_the_same_search():
+    t = small_table()
+    m = replay.method("hyperband", "tpe", "asha", reduction_factor=2, brackets=2)
+    a, b = (replay.replay(t, m, 7, budget_epochs=40) for _ in range(2))
+    assert [(x.params, x.epochs) for x in a.trials] == [(x.params, x.epochs) for x in b.trials]
+
+
+@pytest.mark.parametrize(("sampler", "scheduler"), [("tpe", "asha"), ("random", "fifo")])
+def test_replay_matches_a_live_search_through_ray_tune(tmp_path, sampler, scheduler):
+    """The same method and seed, live (search.run.build_tuner: Ray Tune's loop, our
+    OptunaSearch, Ray's ASHA) and replayed: the same configurations, in the same order,
+    each trained for the same epochs, told to Optuna in the same state."""
+    import json
+
+    import optuna
+    import ray
+
+    from search import config as config_
+    from search import optuna_search
+    from search.run import build_tuner, library_settings, local_folder, tracking_callback
+
+    t = small_table()
+    trials = 10
+    m = replay.method(f"{sampler}+{scheduler}", sampler, scheduler, n_startup_trials=3,
+                      grace_period=1, reduction_factor=2)
+    seed = 3
+    replayed = replay.replay(t, m, seed, concurrent=1, max_trials=trials,
+                             budget_epochs=10_000)
+
+    cfg = config_.SearchConfig(
+        train={"epochs": EPOCHS},
+        search=m.search.model_copy(update={"seed": seed, "num_samples": trials,
+                                           "max_concurrent": 1}),
+        scheduler=m.scheduler, resources={"cpus_per_trial": 0.5},
+        mlflow={"register_as": None}, name="live")
+    storage, name = str(tmp_path / "runs"), "live"
+    library_settings(verbose=False)
+    tracking = tracking_callback(cfg, storage, name, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracking.open().start()
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="error")
+    try:
+        build_tuner(cfg, storage, name, tracking, trial=replay.table_trial(t)).fit()
+        tracking.open().drain(timeout_s=60)
+    finally:
+        if started:
+            ray.shutdown()
+
+    study = optuna.load_study(study_name=name, storage=optuna_search.storage(
+        None, local_folder(storage, name)))
+    live = study.get_trials(deepcopy=False)
+    assert [tr.params for tr in live] == [
+        tr.params for tr in replayed.study.get_trials(deepcopy=False)]
+    assert [tr.state.name for tr in live] == replayed.states()
+    epochs = {}
+    for f in (tmp_path / "runs" / name).glob("trial_*/result.json"):
+        results = [json.loads(line) for line in f.read_text().splitlines()]
+        epochs[results[0]["config"]["lr"]] = max(r["epoch"] for r in results)
+    assert [epochs[tr.params["lr"]] for tr in replayed.trials] == \
+        [tr.epochs for tr in replayed.trials]
+    if scheduler == "asha":
+        assert "PRUNED" in replayed.states()  # the comparison covers pruning decisions
