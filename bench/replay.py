@@ -113,14 +113,16 @@ class Method:
     name: str
     search: SearchSection
     scheduler: SchedulerConfig
+    space: SpaceConfig | None = None  # None: the table's own space
 
     def seeded(self, seed: int) -> Method:
         return Method(self.name, self.search.model_copy(update={"seed": seed}),
-                      self.scheduler)
+                      self.scheduler, self.space)
 
 
 def method(name: str, sampler: str, scheduler: str = "fifo", *, n_startup_trials: int = 4,
-           grace_period: int = 1, reduction_factor: float = 3, brackets: int = 1) -> Method:
+           grace_period: int = 1, reduction_factor: float = 3, brackets: int = 1,
+           space: SpaceConfig | None = None) -> Method:
     """A `Method` from the config fields it sets."""
     return Method(
         name,
@@ -128,6 +130,7 @@ def method(name: str, sampler: str, scheduler: str = "fifo", *, n_startup_trials
                       points_to_evaluate=[]),
         SchedulerConfig(name=scheduler, grace_period=grace_period,
                         reduction_factor=reduction_factor, brackets=brackets),
+        space,
     )
 
 
@@ -194,7 +197,7 @@ def replay(t: Table, m: Method, seed: int, *, space: SpaceConfig | None = None,
 
     from search import strategy
 
-    space = space or t.space
+    space = space or m.space or t.space
     m = m.seeded(seed)
     np.random.seed(seed)  # Ray's ASHA picks brackets with NumPy's global generator
     searcher = searcher_for(m, space, t.epochs)

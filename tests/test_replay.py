@@ -81,7 +81,8 @@ def test_the_same_seed_replays_the_same_search():
 def test_replay_matches_a_live_search_through_ray_tune(tmp_path, sampler, scheduler):
     """The same method and seed, live (search.run.build_tuner: Ray Tune's loop, our
     OptunaSearch, Ray's ASHA) and replayed: the same configurations, in the same order,
-    each trained for the same epochs, told to Optuna in the same state."""
+    each trained for the same epochs, told to Optuna in the same state with the same
+    intermediate values."""
     import json
 
     import optuna
@@ -125,6 +126,8 @@ def test_replay_matches_a_live_search_through_ray_tune(tmp_path, sampler, schedu
     assert [tr.params for tr in live] == [
         tr.params for tr in replayed.study.get_trials(deepcopy=False)]
     assert [tr.state.name for tr in live] == replayed.states()
+    assert [tr.intermediate_values for tr in live] == [
+        tr.intermediate_values for tr in replayed.study.get_trials(deepcopy=False)]
     epochs = {}
     for f in (tmp_path / "runs" / name).glob("trial_*/result.json"):
         results = [json.loads(line) for line in f.read_text().splitlines()]
