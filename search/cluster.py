@@ -19,6 +19,7 @@ import optim
 import search
 from search import warm
 from search.config import ConfigError, DataConfig, ResourcesConfig
+from search.distributed import placement
 
 CONNECT_TIMEOUT_S = 5.0
 
@@ -87,9 +88,24 @@ def disconnect() -> None:
     ray.shutdown(wait_for_processes=False)
 
 
-def check_resources(resources: ResourcesConfig) -> None:
-    """Fail if no alive node can host one trial (a GPU trial on a GPU-less cluster, say)."""
+def check_local_resources(resources: ResourcesConfig) -> None:
+    """Before Ray starts here: fail if a trial's workers cannot fit on this machine (Ray
+    will count at most os.cpu_count() CPUs and the GPUs torch sees)."""
+    if resources.distributed:
+        import torch
+
+        placement.concurrent_trials(
+            [{"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}],
+            resources)
+
+
+def check_resources(resources: ResourcesConfig) -> int | None:
+    """Fail if no alive node can host one trial (a GPU trial on a GPU-less cluster, say),
+    or a multi-worker trial's workers cannot all be placed. Returns how many multi-worker
+    trials fit at once (Tune does not count their workers), None for one-worker trials."""
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if resources.distributed:
+        return placement.concurrent_trials(nodes, resources)
     for key, field, asked in (
         ("GPU", "gpus_per_trial", resources.gpus_per_trial),
         ("CPU", "cpus_per_trial", resources.cpus_per_trial),

@@ -113,6 +113,9 @@ class OptimizerConfig(Section):
     foreach: bool | None = None  # None: optim.Adam chooses
     fused: bool | None = None  # True: torch.compile'd step on CPU, Triton kernel on CUDA
     state_dtype: Literal["fp32", "bf16", "int8"] = "fp32"  # how the moments are stored
+    # With several workers per trial: ZeRO-1, each rank keeps the Adam state of its share of
+    # the parameters only (torch's ZeroRedundancyOptimizer around optim.Adam).
+    shard_state: bool = False
 
     @model_validator(mode="after")
     def _paths_compatible(self) -> OptimizerConfig:
@@ -121,6 +124,11 @@ class OptimizerConfig(Section):
             raise ValueError("fused and foreach cannot both be true")
         if self.foreach and self.state_dtype != "fp32":
             raise ValueError(f"foreach supports state_dtype fp32 only, got {self.state_dtype}")
+        if self.shard_state and self.state_dtype != "fp32":
+            # ZeRO consolidates the ranks' shards into one plain optimizer state dict; only
+            # fp32 moments are tested to survive that and to load into any other trial.
+            raise ValueError(f"shard_state supports state_dtype fp32 only, got "
+                             f"{self.state_dtype}")
         return self
 
 
@@ -251,6 +259,23 @@ class SchedulerConfig(Section):
 class ResourcesConfig(Section):
     cpus_per_trial: float = Field(1, gt=0)
     gpus_per_trial: float = Field(0, ge=0)  # fractional: several trials share a GPU
+    # More than 1: each trial is a data-parallel Ray Train run of this many workers (DDP,
+    # gloo on CPU, nccl on CUDA), each with the resources below (None: the per-trial ones).
+    workers_per_trial: int = Field(1, ge=1)
+    cpus_per_worker: float | None = Field(None, gt=0)
+    gpus_per_worker: float | None = Field(None, ge=0)
+
+    @property
+    def distributed(self) -> bool:
+        return self.workers_per_trial > 1
+
+    def worker(self) -> dict[str, float]:
+        """What each process of a trial asks Ray for: {"CPU": .., "GPU": ..}."""
+        if not self.distributed:
+            return {"CPU": self.cpus_per_trial, "GPU": self.gpus_per_trial}
+        cpus = self.cpus_per_worker if self.cpus_per_worker is not None else self.cpus_per_trial
+        gpus = self.gpus_per_worker if self.gpus_per_worker is not None else self.gpus_per_trial
+        return {"CPU": cpus, "GPU": gpus}
 
 
 class MlflowConfig(Section):
@@ -320,6 +345,19 @@ class SearchConfig(TrialConfig):
                 if not r.fixed and not lo <= value <= hi:
                     raise ValueError(f"search.points_to_evaluate[{i}].{name} {value} "
                                      f"is outside space.{name} [{lo}, {hi}]")
+        return self
+
+    @model_validator(mode="after")
+    def _workers_share_the_batch(self) -> SearchConfig:
+        workers = self.resources.workers_per_trial
+        if self.optimizer.shard_state and workers == 1:
+            raise ValueError("optimizer.shard_state true needs resources.workers_per_trial "
+                             "> 1 (one worker has no one to share its state with)")
+        if self.train.batch_size % workers:
+            # train.batch_size is the global batch: each worker takes an equal part of it,
+            # so a search over several workers is the same problem as over one.
+            raise ValueError(f"train.batch_size {self.train.batch_size} is not a multiple of "
+                             f"resources.workers_per_trial {workers}")
         return self
 
     def trial(self) -> TrialConfig:

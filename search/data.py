@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +54,10 @@ class Split:
 
     def to(self, device: torch.device) -> Split:
         return Split(self.x.to(device), self.y.to(device))
+
+    def rows(self, part: slice) -> Split:
+        """The samples in `part` (a rank's share of a split)."""
+        return Split(self.x[part], self.y[part])
 
 
 @dataclass(frozen=True)
@@ -227,8 +231,12 @@ class DeviceLoader:
         crop_padding: int = 0,
         flip: bool = False,
         channels_last: bool = False,
+        part: Callable[[int], slice] | None = None,
     ) -> None:
         self.split = split
+        # Data-parallel training: every rank draws the same order and augmentation, then
+        # keeps `part(len(batch))` of each batch (search/distributed/ranks.py).
+        self.part = part
         self.batch_size = batch_size
         self.train = train
         self.generator = generator
@@ -257,7 +265,11 @@ class DeviceLoader:
                 xb = random_crop(xb, self.crop_padding, self.generator)
             if self.flip:
                 xb = random_flip(xb, self.generator)
+            yb = y[idx]
+            if self.part is not None:
+                rows = self.part(len(yb))
+                xb, yb = xb[rows], yb[rows]
             xb = (xb.float().div_(255) - self.mean) / self.std
             if self.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
-            yield xb, y[idx]
+            yield xb, yb

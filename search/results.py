@@ -152,10 +152,10 @@ def register_champion(tracker: Tracker, best: TrialSummary, name: str,
     import mlflow
     import torch
 
-    from search.trainable import load_checkpoint
+    from search.trainable import load_checkpoint, result_checkpoint
     from search.trainer import deployable
 
-    state = load_checkpoint(best.result.checkpoint)
+    state = load_checkpoint(result_checkpoint(best.result))
     spec = state["model_spec"]
     model = deployable(state)
     example = torch.rand(2, spec["in_channels"], spec["image_size"], spec["image_size"])

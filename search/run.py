@@ -39,7 +39,9 @@ from search.tracking import (
     redact,
     search_params,
 )
-from search.trainable import run_trial
+from search.distributed import placement
+from search.distributed import trial as multiworker
+from search.trainable import result_checkpoint, run_trial
 
 log = logging.getLogger("search")
 SAVED_CONFIG = "search.yaml"  # the resolved config, next to Ray's experiment state
@@ -140,17 +142,24 @@ def trial_dirname(trial: tune.experiment.Trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def trainable(cfg: SearchConfig, trial: Callable[..., None] = run_trial):
+def trainable(cfg: SearchConfig, path: str, trial: Callable[..., None] = run_trial):
     """One trial of this search, with the resources each trial asks for. `trial` is a
-    function with `run_trial`'s signature (bench.driver passes one that computes nothing)."""
-    s = cfg.scheduler
+    function with `run_trial`'s signature (bench.driver passes one that computes nothing).
+    With several workers per trial, the trial drives a Ray Train run kept under `path`
+    (the search's folder or URI) whose workers ask for the resources."""
+    s, r = cfg.scheduler, cfg.resources
     rungs = (rung_epochs(s.grace_period, s.reduction_factor, cfg.train.epochs)
              if s.name == "asha" else ())
-    return tune.with_resources(
-        tune.with_parameters(trial, base=cfg.trial(), rungs=rungs,
-                             checkpoint_period_s=cfg.search.checkpoint_period_s),
-        {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial},
-    )
+    common = dict(base=cfg.trial(), rungs=rungs,
+                  checkpoint_period_s=cfg.search.checkpoint_period_s)
+    if r.distributed and trial is run_trial:
+        return tune.with_resources(
+            tune.with_parameters(multiworker.run_trial, **common, workers=r.workers_per_trial,
+                                 worker=r.worker(), storage=path,
+                                 max_failures=cfg.search.max_failures),
+            multiworker.DRIVER_RESOURCES)
+    return tune.with_resources(tune.with_parameters(trial, **common),
+                               {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial})
 
 
 def tracking_callback(cfg: SearchConfig, storage: str, name: str,
@@ -160,12 +169,16 @@ def tracking_callback(cfg: SearchConfig, storage: str, name: str,
         tracking_uri, cfg.mlflow.experiment or name, f"{storage}/{name}", name,
         search_params(cfg), cfg.train.epochs,
         config_yaml=yaml.safe_dump(public(cfg), sort_keys=False),
+        workers=cfg.resources.workers_per_trial,
     )
 
 
 def build_tuner(cfg: SearchConfig, storage: str, name: str, tracking: TrackingCallback,
-                verbose: bool = False, trial: Callable[..., None] = run_trial) -> tune.Tuner:
-    """Ray's and Optuna's own objects, composed: the whole search in one place."""
+                verbose: bool = False, trial: Callable[..., None] = run_trial,
+                max_concurrent: int | None = None) -> tune.Tuner:
+    """Ray's and Optuna's own objects, composed: the whole search in one place.
+    `max_concurrent`: the cluster's cap on multi-worker trials at once (search.max_concurrent
+    when None)."""
     s = cfg.search
     sampler = strategy.sampler(s)
     names = searched(cfg.space)
@@ -178,14 +191,15 @@ def build_tuner(cfg: SearchConfig, storage: str, name: str, tracking: TrackingCa
     )
     scheduler = strategy.scheduler(cfg.scheduler, cfg.train.epochs)
     return tune.Tuner(
-        trainable(cfg, trial),
+        trainable(cfg, f"{storage}/{name}", trial),
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=s.num_samples,
-            max_concurrent_trials=s.max_concurrent, metric=s.metric, mode=s.mode,
-            trial_dirname_creator=trial_dirname,
+            max_concurrent_trials=min(s.max_concurrent, max_concurrent or s.max_concurrent),
+            metric=s.metric, mode=s.mode, trial_dirname_creator=trial_dirname,
             # One warm process runs trial after trial (search/warm.py): no new process,
-            # imports or dataset load per trial.
-            reuse_actors=True,
+            # imports or dataset load per trial. Not for multi-worker trials: a trial that
+            # ASHA stops must end its actor, which takes its Train run's workers with it.
+            reuse_actors=not cfg.resources.distributed,
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, verbose=1 if verbose else 0,
@@ -197,6 +211,8 @@ def build_tuner(cfg: SearchConfig, storage: str, name: str, tracking: TrackingCa
                 # ASHA's rungs in Ray's experiment checkpoint, so --resume keeps them.
                 *([RungState(scheduler)] if cfg.scheduler.name == "asha" else []),
                 *([results.PreloadModelLogging()] if cfg.mlflow.register_as else []),
+                # Multi-worker trials: their workers' placement groups freed as they end.
+                *([placement.ReleaseWorkers()] if cfg.resources.distributed else []),
             ],
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
             # Ray keeps every checkpoint; CheckpointJanitor deletes those no saved experiment
@@ -273,25 +289,31 @@ def search(args: argparse.Namespace) -> SearchResult:
     tracking = tracking_callback(cfg, storage, name, tracking_uri)
     tracker = tracking.open()  # imports MLflow in its writer thread while Ray starts
     started_ray = not ray.is_initialized()
+    if started_ray and cfg.ray.address is None:  # Ray will start here: its size is known
+        cluster.check_local_resources(cfg.resources)
     cluster.connect(cfg.ray.address, preload=cfg.data, ship=ship)
     try:
-        cluster.check_resources(cfg.resources)
+        fits = cluster.check_resources(cfg.resources)
+        if fits is not None and fits < cfg.search.max_concurrent:
+            log.info("search.max_concurrent %d: the cluster has room for %d trials of %d "
+                     "workers at once", cfg.search.max_concurrent, fits,
+                     cfg.resources.workers_per_trial)
         tracker.start()  # the search will run: now MLflow may be written to
-        return _fit(args, cfg, storage, name, tracking, tracker, tracking_uri)
+        return _fit(args, cfg, storage, name, tracking, tracker, tracking_uri, fits)
     finally:
         if started_ray:
             cluster.disconnect()
 
 
 def _fit(args, cfg: SearchConfig, storage: str, name: str, tracking: TrackingCallback,
-         tracker, tracking_uri: str) -> SearchResult:
+         tracker, tracking_uri: str, fits: int | None) -> SearchResult:
     path = f"{storage}/{name}"
     if args.resume:
         # Ray restores the searcher (with its Optuna study) and the callbacks' state; the
         # scheduler comes back as configured, and RungState refills its rungs (search/asha.py).
-        tuner = tune.Tuner.restore(path, trainable=trainable(cfg))
+        tuner = tune.Tuner.restore(path, trainable=trainable(cfg, path))
     else:
-        tuner = build_tuner(cfg, storage, name, tracking, args.verbose)
+        tuner = build_tuner(cfg, storage, name, tracking, args.verbose, max_concurrent=fits)
         if "://" not in storage:
             Path(path).mkdir(parents=True, exist_ok=True)
             Path(path, SAVED_CONFIG).write_text(yaml.safe_dump(public(cfg), sort_keys=False))
@@ -308,7 +330,7 @@ def _fit(args, cfg: SearchConfig, storage: str, name: str, tracking: TrackingCal
     if best is not None:
         best_yaml = folder / BEST_CONFIG
         text = results.write_best_yaml(cfg, best, best_yaml)
-        if cfg.mlflow.register_as and best.result.checkpoint is not None:
+        if cfg.mlflow.register_as and result_checkpoint(best.result) is not None:
             tracker.drain(timeout_s=DRAIN_S)  # the best trial's run must exist
             version = results.register_champion(
                 tracker, best, cfg.mlflow.register_as, trial_config(cfg, best.result.config),

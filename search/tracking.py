@@ -82,6 +82,10 @@ def search_params(cfg: SearchConfig) -> dict[str, str]:
     params.update({"model.name": cfg.model.name, "data.dataset": cfg.data.dataset,
                    "optimizer.name": cfg.optimizer.name, "train.epochs": str(cfg.train.epochs),
                    "train.batch_size": str(cfg.train.batch_size)})
+    if cfg.resources.distributed:
+        params["resources.workers_per_trial"] = (
+            f"{cfg.resources.workers_per_trial}"
+            + (", Adam state sharded (ZeRO-1)" if cfg.optimizer.shard_state else ""))
     return params
 
 
@@ -393,8 +397,10 @@ class TrackingCallback(tune.Callback):
     """
 
     def __init__(self, tracking_uri: str, experiment: str, search_dir: str, run_name: str,
-                 params: dict[str, str], epochs: int, config_yaml: str = "") -> None:
+                 params: dict[str, str], epochs: int, config_yaml: str = "",
+                 workers: int = 1) -> None:
         self.tracking_uri = tracking_uri
+        self.workers = workers  # processes per trial: a param of every trial's run
         self.config_yaml = config_yaml
         self.experiment = experiment
         self.search_dir = search_dir
@@ -431,7 +437,7 @@ class TrackingCallback(tune.Callback):
         params = optimizer_params(trial.config)
         # The run's name says what it tried: `c57f6e80 lr=0.001 beta1=0.9 ...`
         self.tracker.start_trial(trial.trial_id, f"{trial.trial_id} {sample_line(params)}",
-                                 params)
+                                 {**params, "workers": getattr(self, "workers", 1)})
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         if "epoch" not in result or result.get("error"):

@@ -25,6 +25,9 @@ from search.space import trial_config
 from search.trainer import pick_device, train
 
 CHECKPOINT_FILE = "checkpoint.pt"
+# A multi-worker trial's checkpoints are its Ray Train run's; its results name the latest
+# under this key (search/distributed/trial.py).
+CHECKPOINT_URI = "checkpoint_path"
 # Errors that a retry would meet again: bad input the driver could not see (a dataset's
 # files corrupt, a config the trainer or model rejects, a plug-in that does not import).
 # Anything else (a lost node, a killed process, CUDA running out of memory) is Ray's to
@@ -34,9 +37,33 @@ DETERMINISTIC = (ConfigError, ImportError, ValueError, TypeError, AttributeError
 
 
 def load_checkpoint(checkpoint: tune.Checkpoint) -> dict[str, Any]:
-    """The trainer state inside a Tune checkpoint (tensors only: weights_only=True)."""
+    """The trainer state inside a Tune (or Ray Train) checkpoint (weights_only=True)."""
     with checkpoint.as_directory() as d:
         return torch.load(Path(d) / CHECKPOINT_FILE, weights_only=True, map_location="cpu")
+
+
+def result_checkpoint(result) -> tune.Checkpoint | None:
+    """A finished trial's last checkpoint: Tune's own, or (several workers) its Train run's."""
+    if result.checkpoint is not None:
+        return result.checkpoint
+    uri = (result.metrics or {}).get(CHECKPOINT_URI)
+    return tune.Checkpoint(uri) if uri else None
+
+
+def report_checkpoint(send, checkpoint_type, metrics: dict[str, Any],
+                      checkpoint: dict[str, Any]) -> None:
+    """`send(metrics, checkpoint=...)` (tune.report or ray.train.report) with the trainer
+    state written to a temporary folder as a `checkpoint_type` (Tune's or Train's)."""
+    with tempfile.TemporaryDirectory() as d:
+        torch.save(checkpoint, Path(d) / CHECKPOINT_FILE)
+        send(metrics, checkpoint=checkpoint_type.from_directory(d))
+
+
+def error_result(epoch: int, error: BaseException) -> dict[str, Any]:
+    """The last result of a trial that failed in a way a retry would meet again."""
+    nan = float("nan")
+    return {"epoch": epoch, "val_acc": nan, "val_loss": nan, "train_loss": nan,
+            "diverged": False, "error": f"{type(error).__name__}: {error}".splitlines()[0][:300]}
 
 
 class Reporter:
@@ -54,9 +81,7 @@ class Reporter:
         if checkpoint is None or not self.policy.due(metrics["epoch"], start):
             tune.report(metrics)
             return
-        with tempfile.TemporaryDirectory() as d:
-            torch.save(checkpoint, Path(d) / CHECKPOINT_FILE)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+        report_checkpoint(tune.report, tune.Checkpoint, metrics, checkpoint)
         end = time.perf_counter()
         self.policy.written(end, end - start)
 
@@ -79,10 +104,7 @@ def run_trial(params: dict[str, Any], base: TrialConfig, rungs: tuple[int, ...] 
     except DETERMINISTIC as e:
         # It would fail the same way on a retry: end the trial as failed, with the reason,
         # instead of raising (Ray retries whatever a trial raises, up to max_failures).
-        nan = float("nan")
-        tune.report({"epoch": report.last_epoch, "val_acc": nan, "val_loss": nan,
-                     "train_loss": nan, "diverged": False,
-                     "error": f"{type(e).__name__}: {e}".splitlines()[0][:300]})
+        tune.report(error_result(report.last_epoch, e))
     finally:
         # The process may run another trial next: keep nothing of this one.
         warm.release(compiled=cfg.train.compile or bool(cfg.optimizer.fused))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -20,6 +20,9 @@ import models
 import optim
 from search import data
 from search.config import TrialConfig
+
+if TYPE_CHECKING:
+    from search.distributed.ranks import Ranks
 
 Metrics = dict[str, Any]
 Checkpoint = dict[str, Any]  # plain tensors and numbers: loads with weights_only=True
@@ -32,21 +35,19 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_optimizer(cfg: TrialConfig, params) -> optim.Adam:
-    """The project's Adam (or AdamW, decoupled weight decay) from the optimizer section."""
+def optimizer_args(cfg: TrialConfig) -> tuple[type[optim.Adam], dict[str, Any]]:
+    """The project's Adam (or AdamW, decoupled weight decay) and its arguments."""
     o = cfg.optimizer
     cls = optim.AdamW if o.name == "adamw" else optim.Adam
-    return cls(
-        params,
-        lr=o.lr,
-        betas=(o.beta1, o.beta2),
-        eps=o.eps,
-        weight_decay=o.weight_decay,
-        amsgrad=o.amsgrad,
-        foreach=o.foreach,
-        fused=o.fused,
-        state_dtype=o.state_dtype,
-    )
+    return cls, dict(lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
+                     weight_decay=o.weight_decay, amsgrad=o.amsgrad, foreach=o.foreach,
+                     fused=o.fused, state_dtype=o.state_dtype)
+
+
+def build_optimizer(cfg: TrialConfig, params) -> optim.Adam:
+    """The optimizer section's optimizer over `params`."""
+    cls, kwargs = optimizer_args(cfg)
+    return cls(params, **kwargs)
 
 
 def build_schedule(cfg: TrialConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
@@ -90,8 +91,9 @@ def deployable(checkpoint: Checkpoint) -> nn.Module:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: data.DeviceLoader, autocast) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over a loader."""
+def evaluate(model: nn.Module, loader: data.DeviceLoader, autocast,
+             parallel: Ranks | None = None) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over a loader (over every rank's loader, summed)."""
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
     for xb, yb in loader:
@@ -100,18 +102,23 @@ def evaluate(model: nn.Module, loader: data.DeviceLoader, autocast) -> tuple[flo
         loss_sum += nn.functional.cross_entropy(logits.float(), yb, reduction="sum").item()
         correct += (logits.argmax(1) == yb).sum().item()
         count += len(yb)
+    if parallel is not None:
+        loss_sum, correct, count = parallel.sum(loss_sum, correct, count)
     return loss_sum / count, correct / count
 
 
 def train(cfg: TrialConfig, report: Report, resume: Checkpoint | None = None,
-          dataset: data.Dataset | None = None) -> Metrics:
+          dataset: data.Dataset | None = None, parallel: Ranks | None = None) -> Metrics:
     """Train `cfg` for `cfg.train.epochs`, calling `report(metrics, checkpoint)` each epoch.
 
     `dataset` is `cfg.data` already loaded (a warm trial process keeps it); None loads it.
     A non-finite training loss ends the run: the epoch is reported with
     `diverged: True` and `val_acc` 0, and no checkpoint. Returns the last metrics.
+    `parallel`: this process is one rank of a data-parallel trial (search/distributed/):
+    it trains on its part of every batch, the metrics are the whole group's, and a
+    checkpoint is made only on the epochs rank 0 picks (None is reported on the others).
     """
-    device = pick_device(cfg.train.device)
+    device = parallel.device if parallel is not None else pick_device(cfg.train.device)
     cuda = device.type == "cuda"
     torch.manual_seed(cfg.train.seed)
     ds = (dataset or data.load(cfg.data)).to(device)
@@ -127,7 +134,10 @@ def train(cfg: TrialConfig, report: Report, resume: Checkpoint | None = None,
         crop_padding=cfg.data.crop_padding,
         flip=cfg.data.flip,
         channels_last=cuda,
+        part=parallel.part if parallel is not None else None,
     )
+    if parallel is not None:
+        val_split = val_split.rows(parallel.part(len(val_split)))
     val_loader = data.DeviceLoader(
         val_split, 1024, ds.mean, ds.std, train=False, channels_last=cuda
     )
@@ -135,7 +145,8 @@ def train(cfg: TrialConfig, report: Report, resume: Checkpoint | None = None,
     model = models.build(cfg.model.name, ds.num_classes, ds.in_channels, ds.image_size,
                          **cfg.model.kwargs)
     model = model.to(device, memory_format=torch.channels_last if cuda else torch.preserve_format)
-    opt = build_optimizer(cfg, model.parameters())
+    opt = (build_optimizer(cfg, model.parameters()) if parallel is None else
+           parallel.optimizer(model.parameters(), *optimizer_args(cfg)))
     schedule = build_schedule(cfg, opt, len(loader))
     start_epoch = 0
     if resume is not None:
@@ -147,7 +158,10 @@ def train(cfg: TrialConfig, report: Report, resume: Checkpoint | None = None,
         if cuda and "cuda" in resume["rng"]:
             torch.cuda.set_rng_state(resume["rng"]["cuda"])
         start_epoch = resume["epoch"]
-    step_model = torch.compile(model) if cfg.train.compile else model
+    step_model = parallel.wrap(model) if parallel is not None else model
+    step_model = torch.compile(step_model) if cfg.train.compile else step_model
+    # Ranks evaluate their parts with the bare model: DDP's forward is a collective.
+    eval_model = step_model if parallel is None else model
 
     def autocast():
         # bf16 autocast on CUDA; on CPU full fp32 keeps resumed runs bitwise equal.
@@ -157,6 +171,8 @@ def train(cfg: TrialConfig, report: Report, resume: Checkpoint | None = None,
     metrics: Metrics = {}
     for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
         model.train()
+        if parallel is not None:
+            parallel.dropout_seed(cfg.train.seed, epoch)
         lr = schedule.get_last_lr()[0]
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
@@ -172,7 +188,9 @@ def train(cfg: TrialConfig, report: Report, resume: Checkpoint | None = None,
             schedule.step()
             loss_sum += loss.detach() * len(yb)  # stays on device: no sync per step
             seen += len(yb)
-        train_loss = (loss_sum / seen).item()
+        if parallel is not None:  # the whole group's mean loss and images
+            loss_sum, seen = parallel.sum(loss_sum, seen)
+        train_loss = float(loss_sum / seen)
         if cuda:
             torch.cuda.synchronize()
         train_s = time.perf_counter() - t0
@@ -182,20 +200,26 @@ def train(cfg: TrialConfig, report: Report, resume: Checkpoint | None = None,
             metrics.update(epoch_s=time.perf_counter() - t0, images_per_s=seen / train_s)
             report(metrics, None)
             return metrics
-        val_loss, val_acc = evaluate(step_model, val_loader, autocast)
+        val_loss, val_acc = evaluate(eval_model, val_loader, autocast, parallel)
         metrics.update(
             val_loss=val_loss,
             val_acc=val_acc,
             epoch_s=time.perf_counter() - t0,
             images_per_s=seen / train_s,
         )
+        if parallel is not None:  # what ZeRO saves: each rank's share of the Adam state
+            metrics["state_bytes_per_rank"] = parallel.state_bytes(opt)
+        if parallel is not None and not parallel.checkpoint_due(epoch):
+            report(metrics, None)
+            continue
         rng = {"cpu": torch.get_rng_state(), "data": generator.get_state()}
         if cuda:
             rng["cuda"] = torch.cuda.get_rng_state()
         checkpoint = {
             "epoch": epoch,
             "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
+            "optimizer": (opt.state_dict() if parallel is None else
+                          parallel.optimizer_state(opt)),
             "scheduler": schedule.state_dict(),
             "rng": rng,
             "model_spec": model_spec(cfg, ds),

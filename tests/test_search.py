@@ -71,7 +71,9 @@ def test_mlflow_has_one_parent_with_a_child_per_trial_and_clean_histories(search
     assert {"best.yaml", "top_trials.json", "config.yaml", "plots"} <= artifacts
     for kid in kids:
         assert kid.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert set(kid.data.params) == {"lr", "beta1", "beta2", "eps", "weight_decay"}
+        assert set(kid.data.params) == {"lr", "beta1", "beta2", "eps", "weight_decay",
+                                        "workers"}
+        assert kid.data.params["workers"] == "1"
         assert not {"pid", "timestamp", "done", "time_total_s"} & set(kid.data.metrics)
         steps = [m.step for m in client.get_metric_history(kid.info.run_id, "val_acc")]
         assert sorted(steps) == list(range(1, len(steps) + 1))  # one value per epoch
