@@ -59,25 +59,29 @@ def methods(grace: int, rf: float, startup: int) -> list[R.Method]:
                  reduction_factor=rf),
         R.method("tpe+hyperband", "tpe", "asha", n_startup_trials=startup,
                  grace_period=grace, reduction_factor=rf, brackets=3),
+        R.method("random+hyperband", "random", "asha", grace_period=grace,
+                 reduction_factor=rf, brackets=3),
     ]
 
 
 def sweep(startup: int) -> list[R.Method]:
-    """TPE+ASHA over grace periods and reduction factors, and TPE's start-up trials."""
+    """Random and TPE with ASHA over grace periods and reduction factors; TPE's start-up
+    trials; eps fixed at Adam's 1e-8 instead of searched."""
     out = [R.method("random", "random")]
-    for grace in (1, 2, 3):
-        for rf in (2, 3, 4):
-            out.append(R.method(f"tpe+asha g{grace} rf{rf}", "tpe", "asha",
-                                n_startup_trials=startup, grace_period=grace,
-                                reduction_factor=rf))
-    fixed_eps = SpaceConfig(eps=Range(value=1e-8))
-    out.append(R.method("tpe+asha g1 rf3 eps fixed", "tpe", "asha", n_startup_trials=startup,
-                        grace_period=1, reduction_factor=3, space=fixed_eps))
-    out.append(R.method("tpe eps fixed", "tpe", n_startup_trials=startup, space=fixed_eps))
-    for n in (2, 8, 16):
-        out.append(R.method(f"tpe n{n}", "tpe", n_startup_trials=n))
+    for sampler in ("random", "tpe"):
+        for grace in (1, 2):
+            for rf in (2, 3, 4):
+                out.append(R.method(f"{sampler}+asha g{grace} rf{rf}", sampler, "asha",
+                                    n_startup_trials=startup, grace_period=grace,
+                                    reduction_factor=rf))
+    for n in (8, 16):
         out.append(R.method(f"tpe+asha g1 rf3 n{n}", "tpe", "asha", n_startup_trials=n,
                             grace_period=1, reduction_factor=3))
+    fixed_eps = SpaceConfig(eps=Range(value=1e-8))
+    for sampler in ("random", "tpe"):
+        out.append(R.method(f"{sampler}+asha g1 rf3 eps fixed", sampler, "asha",
+                            n_startup_trials=startup, grace_period=1, reduction_factor=3,
+                            space=fixed_eps))
     return out
 
 
@@ -215,7 +219,8 @@ def plot(task: str, runs: list[dict], names: list[str], tgts: dict[float, float]
     for col, (ax, label) in enumerate(zip(axes, ("trial-epochs", "seconds (simulated)"),
                                           strict=True)):
         horizon = max((r["curve"][-1][col] for r in runs if r["curve"]), default=1)
-        grid = np.linspace(0, horizon, 300)
+        left = 1.0 if col == 0 else 0.5
+        grid = np.geomspace(left, max(horizon, left * 2), 300)
         for n in names:
             curves_ = []
             for r in (r for r in runs if r["method"] == n):
@@ -235,7 +240,8 @@ def plot(task: str, runs: list[dict], names: list[str], tgts: dict[float, float]
             ax.text(horizon, target, f" q{int(q * 100)}", va="center", fontsize=7)
         low = min(tgts.values()) - 0.03
         ax.set_ylim(low, max(tgts.values()) + 0.005)
-        ax.set_xscale("symlog", linthresh=15)
+        ax.set_xscale("log")
+        ax.set_xlim(left, grid[-1])
         ax.set_xlabel(label)
         ax.set_ylabel("best val_acc so far (median over seeds)")
     axes[0].legend(fontsize=8)
@@ -372,6 +378,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rf", type=float, default=3, help="ASHA's reduction factor")
     p.add_argument("--startup", type=int, default=4, help="TPE's and GP's random start")
     p.add_argument("--sweep", action="store_true", help="TPE+ASHA over grace, rf, start-up")
+    p.add_argument("--methods", nargs="*", help="only these methods (default: all)")
     p.add_argument("--concurrent", type=int, default=2, help="trials at a time")
     p.add_argument("--budget", type=int, default=3000, help="trial-epochs per run at most")
     p.add_argument("--jobs", type=int, default=2, help="processes replaying")
@@ -391,6 +398,7 @@ def main(argv: list[str] | None = None) -> None:
         tasks = args.tasks or sorted(f.name.removesuffix(".json.gz")
                                      for f in curves.FOLDER.glob("*.json.gz"))
         ms = sweep(args.startup) if args.sweep else methods(args.grace, args.rf, args.startup)
+        ms = [m for m in ms if not args.methods or m.name in args.methods]
         report["tasks"] = {}
         for task in tasks:
             res = replay_task(task, ms, args)

@@ -151,7 +151,7 @@ def test_the_parent_says_what_was_searched_and_who_won_why(search, tmp_path):
     cwd, client, parent, _ = parent_and_kids(search)
     assert not any(k.startswith(("optimizer.lr", "data.root", "mlflow.")) for k in
                    parent.data.params)
-    assert parent.data.params["search.sampler"] == "tpe (seed 0, 3 random first)"
+    assert parent.data.params["search.sampler"] == "random (seed 0)"  # the default sampler
     note = parent.data.tags["mlflow.note.content"]
     best_id = parent.data.tags["best_trial_id"]
     assert f"**Best**: trial `{best_id}`" in note
