@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tasks", nargs="*", help="tables in bench/curves/ (default: all)")
     p.add_argument("--seeds", type=int, default=50)
     p.add_argument("--grace", type=int, default=1, help="ASHA's grace period (epochs)")
-    p.add_argument("--rf", type=float, default=3, help="ASHA's reduction factor")
+    p.add_argument("--rf", type=float, default=4, help="ASHA's reduction factor")
     p.add_argument("--startup", type=int, default=4, help="TPE's and GP's random start")
     p.add_argument("--sweep", action="store_true", help="TPE+ASHA over grace, rf, start-up")
     p.add_argument("--methods", nargs="*", help="only these methods (default: all)")

@@ -112,7 +112,7 @@ def test_replay_matches_a_live_search_through_ray_tune(tmp_path, sampler, schedu
     tracking.open().start()
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="error")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="error")
     try:
         build_tuner(cfg, storage, name, tracking, trial=replay.table_trial(t)).fit()
         tracking.open().drain(timeout_s=60)
@@ -136,3 +136,15 @@ def test_replay_matches_a_live_search_through_ray_tune(tmp_path, sampler, schedu
         [tr.epochs for tr in replayed.trials]
     if scheduler == "asha":
         assert "PRUNED" in replayed.states()  # the comparison covers pruning decisions
+
+
+def test_strategy_builds_the_named_sampler_and_hyperband_brackets():
+    import optuna
+
+    from search import strategy
+    from search.config import SchedulerConfig, SearchSection
+
+    assert isinstance(strategy.sampler(SearchSection(sampler="gp")), optuna.samplers.GPSampler)
+    assert isinstance(strategy.sampler(SearchSection()), optuna.samplers.RandomSampler)
+    s = strategy.scheduler(SchedulerConfig(grace_period=1, reduction_factor=3, brackets=3), 15)
+    assert [[m for m, _ in b._rungs] for b in s._brackets] == [[9, 3, 1], [9, 3], [9]]
