@@ -29,13 +29,13 @@ def cnn(num_classes: int, in_channels: int, image_size: int = 32) -> nn.Module:
     )
 
 
-def mlp(num_classes: int, in_channels: int, image_size: int = 32) -> nn.Module:
-    """Flatten, then two 256-wide ReLU layers: the no-convolution baseline."""
+def mlp(num_classes: int, in_channels: int, image_size: int = 32, hidden: int = 256) -> nn.Module:
+    """Flatten, then two `hidden`-wide ReLU layers: the no-convolution baseline."""
     return nn.Sequential(
         nn.Flatten(),
-        nn.Linear(in_channels * image_size * image_size, 256),
+        nn.Linear(in_channels * image_size * image_size, hidden),
         nn.ReLU(inplace=True),
-        nn.Linear(256, 256),
+        nn.Linear(hidden, hidden),
         nn.ReLU(inplace=True),
-        nn.Linear(256, num_classes),
+        nn.Linear(hidden, num_classes),
     )

@@ -114,7 +114,8 @@ class OptimizerConfig(Section):
     fused: bool | None = None  # True: torch.compile'd step on CPU, Triton kernel on CUDA
     state_dtype: Literal["fp32", "bf16", "int8"] = "fp32"  # how the moments are stored
     # With several workers per trial: ZeRO-1, each rank keeps the Adam state of its share of
-    # the parameters only (torch's ZeroRedundancyOptimizer around optim.Adam).
+    # the parameters only (torch's ZeroRedundancyOptimizer around optim.Adam). One process
+    # (one worker, `search.train`) has nothing to share: its state stays whole.
     shard_state: bool = False
 
     @model_validator(mode="after")
@@ -354,9 +355,6 @@ class SearchConfig(TrialConfig):
     @model_validator(mode="after")
     def _workers_share_the_batch(self) -> SearchConfig:
         workers = self.resources.workers_per_trial
-        if self.optimizer.shard_state and workers == 1:
-            raise ValueError("optimizer.shard_state true needs resources.workers_per_trial "
-                             "> 1 (one worker has no one to share its state with)")
         if self.train.batch_size % workers:
             # train.batch_size is the global batch: each worker takes an equal part of it,
             # so a search over several workers is the same problem as over one.

@@ -26,6 +26,8 @@ from search.asha import RungState, rung_epochs
 from search.checkpoints import CheckpointJanitor
 from search.cli import run_main
 from search.config import ConfigError, SearchConfig, TrialConfig
+from search.distributed import placement
+from search.distributed import trial as multiworker
 from search.optuna_search import OptunaSearch
 from search.progress import Progress, setup_logging
 from search.space import DefineByRun, searched, trial_config
@@ -39,8 +41,6 @@ from search.tracking import (
     redact,
     search_params,
 )
-from search.distributed import placement
-from search.distributed import trial as multiworker
 from search.trainable import result_checkpoint, run_trial
 
 log = logging.getLogger("search")

@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import gc
 import json
+import logging
 import math
 import os
 import sys
@@ -85,6 +86,25 @@ def _trim_heap() -> None:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+# Ray Train's loggers that print a line per report and per second into a search's output:
+# the worker context's (named by its file: private, tests/test_private_parts.py names it),
+# and the placement-group cleaner's "State API unavailable" when Ray runs without a
+# dashboard (search/distributed/placement.py frees the groups itself then).
+NOISY_TRAIN_MODULES = ("ray.train.v2._internal.execution.context",
+                       "ray.train.v2._internal.execution.controller.placement_group_cleaner")
+
+
+def quiet_train_logs() -> None:
+    """Ray Train's per-report INFO lines and the cleaner's retries, kept out of the output."""
+    import importlib.util
+
+    for module in NOISY_TRAIN_MODULES:
+        logging.getLogger(module).setLevel(logging.ERROR)
+        with contextlib.suppress(ImportError, AttributeError, ValueError):
+            origin = importlib.util.find_spec(module).origin  # the name it logs under
+            logging.getLogger(origin).setLevel(logging.WARNING)
+
+
 def preload() -> None:
     """Ray's worker_process_setup_hook: what the first trial of a process would pay.
 
@@ -95,6 +115,7 @@ def preload() -> None:
     import search.trainable  # noqa: F401
 
     optim.Adam([torch.zeros(1, requires_grad=True)])
+    quiet_train_logs()
     raw = os.environ.get(PRELOAD_ENV)
     if raw:
         # A bad dataset is the trial's to report, with its config; here it stays unloaded.

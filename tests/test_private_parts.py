@@ -64,3 +64,21 @@ def test_the_environment_settings_search_run_makes_are_still_read_by_ray(name):
     sources = "".join(p.read_text(errors="replace") for p in tune_dir.rglob("*.py"))
     assert name in sources, f"Ray {ray.__version__} no longer reads {name}, which " \
                             "search/run.py library_settings sets"
+
+
+def test_ray_train_logs_each_report_under_the_logger_warm_quiets():
+    import importlib
+    import logging
+
+    from search import warm
+
+    for module in warm.NOISY_TRAIN_MODULES:
+        loaded = importlib.import_module(module)
+        reader = "search/warm.py quiet_train_logs (Ray Train's per-report log lines)"
+        logger = needs(loaded, "logger", reader)
+        assert logger.name in (module, loaded.__file__), (
+            f"Ray {ray.__version__}: {module} logs under {logger.name!r}; {reader} "
+            "silences its module name and its file name only")
+    warm.quiet_train_logs()
+    context = importlib.import_module(warm.NOISY_TRAIN_MODULES[0])
+    assert not context.logger.isEnabledFor(logging.INFO)

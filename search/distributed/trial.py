@@ -16,7 +16,6 @@ actor; its Train controller, workers and their placement group go with it.
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
@@ -97,7 +96,7 @@ def worker_loop(config: dict[str, Any]) -> None:
     import torch.distributed as dist
 
     cfg = TrialConfig.model_validate(config["trial"])
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    warm.quiet_train_logs()  # also in processes that Ray started without our setup hook
     warm.use_assigned_cpus(config["cpus_per_worker"])
     device = (ray.train.torch.get_device() if config["use_gpu"]
               else pick_device("cpu"))
