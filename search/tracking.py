@@ -73,11 +73,12 @@ def search_params(cfg: SearchConfig) -> dict[str, str]:
                                    f"[{fmt(r.low)}, {fmt(r.high)}]")
     s, sch = cfg.search, cfg.scheduler
     params["search.sampler"] = (f"{s.sampler} (seed {s.seed}"
-                                + (f", {s.n_startup_trials} random first" if s.sampler == "tpe"
-                                   else "") + ")")
+                                + (f", {s.n_startup_trials} random first"
+                                   if s.sampler in ("tpe", "gp") else "") + ")")
     params["search.trials"] = f"{s.num_samples}, {s.max_concurrent} at a time"
     params["search.metric"] = f"{s.metric} ({s.mode})"
-    params["scheduler"] = (f"asha (grace {sch.grace_period}, reduction {sch.reduction_factor:g})"
+    params["scheduler"] = (f"asha (grace {sch.grace_period}, reduction {sch.reduction_factor:g}"
+                           + (f", {sch.brackets} brackets" if sch.brackets > 1 else "") + ")"
                            if sch.name == "asha" else sch.name)
     params.update({"model.name": cfg.model.name, "data.dataset": cfg.data.dataset,
                    "optimizer.name": cfg.optimizer.name, "train.epochs": str(cfg.train.epochs),
