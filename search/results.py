@@ -147,7 +147,6 @@ def register_champion(tracker: Tracker, best: TrialSummary, name: str,
     """Log the best checkpoint as an MLflow PyTorch model under the best trial's run,
     register it as `name` and point the `champion` alias at the new version. The weights,
     `trial` (the winner's config) and the model spec go beside it (CHAMPION_CHECKPOINT)."""
-    import tempfile
 
     import mlflow
     import torch
@@ -160,8 +159,31 @@ def register_champion(tracker: Tracker, best: TrialSummary, name: str,
     model = deployable(state)
     example = torch.rand(2, spec["in_channels"], spec["image_size"], spec["image_size"])
     client = tracker.client
-    mlflow.set_tracking_uri(client.tracking_uri)
     run_id = tracker.children[best.trial_id]
+    # mlflow.pytorch.log_model writes through the global tracking URI: point it at the
+    # search's store for the call, and give the caller's back (run_search runs in the
+    # user's process, where another store may be in use).
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(client.tracking_uri)
+    try:
+        info = _log_champion(client, run_id, model, name, example, state, spec, trial)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    version = int(info.registered_model_version)
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    if description:
+        client.update_model_version(name, str(version), description=description)
+    return version
+
+
+def _log_champion(client, run_id: str, model, name: str, example, state: dict, spec: dict,
+                  trial: TrialConfig):
+    """The champion model (and its checkpoint beside it) logged under the trial's run."""
+    import tempfile
+
+    import mlflow
+    import torch
+
     with _model_logging, reopened(client, run_id):
         info = mlflow.pytorch.log_model(
             model,
@@ -176,11 +198,7 @@ def register_champion(tracker: Tracker, best: TrialSummary, name: str,
                         "metrics": state["metrics"], "config": trial.model_dump(mode="json")},
                        path)
             mlflow.log_artifact(str(path), str(Path(CHAMPION_CHECKPOINT).parent))
-    version = int(info.registered_model_version)
-    client.set_registered_model_alias(name, CHAMPION, str(version))
-    if description:
-        client.update_model_version(name, str(version), description=description)
-    return version
+    return info
 
 
 def curves(rows: list[TrialSummary], metric: str) -> list[plots.TrialCurve]:

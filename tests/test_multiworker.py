@@ -188,7 +188,9 @@ def two_worker_search(tmp_path, name: str, **overrides):
         "data": {"dataset": "digits"}, "model": {"name": "mlp"},
         "train": {"epochs": 3, "batch_size": 64, "device": "cpu"},
         "optimizer": {"shard_state": True},
-        "search": {"num_samples": 3, "max_concurrent": 3, "seed": 0, "n_startup_trials": 2},
+        # A good first trial, then a slow learner: ASHA has something to prune.
+        "search": {"num_samples": 2, "max_concurrent": 2, "seed": 0,
+                   "points_to_evaluate": [{"lr": 0.003}, {"lr": 0.0001}]},
         "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2},
         "resources": {"workers_per_trial": 2, "cpus_per_worker": 1},
         "mlflow": {"register_as": f"{name}-model"}, **overrides})
@@ -204,16 +206,20 @@ def test_a_search_of_two_worker_trials(local_ray, tmp_path):
 
     from tests.conftest import ROOT
 
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'yours.db'}")  # the caller's own store
     result = two_worker_search(tmp_path, "mw")
+    assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path / 'yours.db'}"  # left as it was
     assert result.ok and result.champion_uri == "models:/mw-model@champion"
     outcomes = result.trials["outcome"].tolist()
-    assert len(outcomes) == 3 and "pruned" in outcomes and "completed" in outcomes
+    assert sorted(outcomes) == ["completed", "pruned"]
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("mw")
     runs = client.search_runs([experiment.experiment_id])
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
-    assert len(children) == 3
+    assert len(children) == 2
     epochs = dict(zip(result.trials["trial_id"], result.trials["epochs"], strict=True))
     for child in children:
         assert child.data.params["workers"] == "2"
@@ -228,7 +234,7 @@ def test_a_search_of_two_worker_trials(local_ray, tmp_path):
     # Every placement group is gone: Tune's per trial, and each Train run's workers'.
     table = ray.util.placement_group_table()
     worker_groups = [g for g in table.values() if len(g["bundles"]) == 2]
-    assert len(worker_groups) >= 3
+    assert len(worker_groups) >= 2
     assert {g["state"] for g in table.values()} == {"REMOVED"}
 
     # The champion's checkpoint (consolidated on rank 0) retrains as one process.

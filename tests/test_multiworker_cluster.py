@@ -13,7 +13,7 @@ CLUSTER_SEARCH = """
 data: {dataset: digits}
 model: {name: cnn}
 train: {epochs: 3, batch_size: 8, device: cpu}  # small steps: epochs of a few seconds
-search: {num_samples: 3, max_concurrent: 3, seed: 0, n_startup_trials: 2, max_failures: 2,
+search: {num_samples: 2, max_concurrent: 2, seed: 0, max_failures: 2,
          # A good first trial, then a slow learner: ASHA has something to prune.
          points_to_evaluate: [{lr: 0.003}, {lr: 0.0001}]}
 scheduler: {name: asha, grace_period: 1, reduction_factor: 3}
@@ -82,11 +82,11 @@ def test_two_worker_trials_across_nodes_survive_losing_a_node(tmp_path):
         cluster.shutdown()
     worker_groups = [g for g in groups.values() if len(g["bundles"]) == 2]
     # One group per trial, and one more: the first trial's workers restarted after the loss.
-    assert len(worker_groups) >= 4
+    assert len(worker_groups) >= 3
     assert {g["state"] for g in groups.values()} == {"REMOVED"}  # none left holding CPUs
 
-    summary = next(line for line in out.splitlines() if line.startswith("search c: 3 trials:"))
-    assert " 0 failed" in summary and " 0 pruned" not in summary, summary
+    summary = next(line for line in out.splitlines() if line.startswith("search c: 2 trials:"))
+    assert "1 completed, 1 pruned, 0 diverged, 0 failed" in summary, summary
     assert "registered cluster-model version 1 as @champion" in out
     reports = {d.name.removeprefix("trial_"): results_of(d) for d in exp_dir.glob("trial_*")}
     assert all(r["worker_nodes"] == 2 for rs in reports.values() for r in rs)  # 2 nodes each
@@ -97,7 +97,7 @@ def test_two_worker_trials_across_nodes_survive_losing_a_node(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("c").experiment_id])
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
-    assert len(children) == 3
+    assert len(children) == 2
     for child in children:
         assert child.data.params["workers"] == "2"
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_acc")]
