@@ -208,9 +208,13 @@ def test_a_search_of_two_worker_trials(local_ray, tmp_path):
 
     import mlflow
 
+    before = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'yours.db'}")  # the caller's own store
-    result = two_worker_search(tmp_path, "mw")
-    assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path / 'yours.db'}"  # left as it was
+    try:
+        result = two_worker_search(tmp_path, "mw")
+        assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path / 'yours.db'}"  # untouched
+    finally:
+        mlflow.set_tracking_uri(before)  # the session's other tests read the global one
     assert result.ok and result.champion_uri == "models:/mw-model@champion"
     outcomes = result.trials["outcome"].tolist()
     assert sorted(outcomes) == ["completed", "pruned"]

@@ -94,6 +94,7 @@ def test_trials_run_in_warm_processes_one_per_concurrent_slot(search):
 
 
 def test_champion_alias_loads_and_predicts(search):
+    mlflow.set_tracking_uri(search[2].tracking_uri)  # the shared search's store
     model = mlflow.pytorch.load_model("models:/digits-test@champion")
     ds = data.load(DataConfig(dataset="digits", val_fraction=0.2))
     with torch.no_grad():
