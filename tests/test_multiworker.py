@@ -202,11 +202,10 @@ def test_a_search_of_two_worker_trials(local_ray, tmp_path):
     import subprocess
     import sys
 
+    import mlflow
     from mlflow.tracking import MlflowClient
 
     from tests.conftest import ROOT
-
-    import mlflow
 
     before = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'yours.db'}")  # the caller's own store
