@@ -26,8 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 def batch_part(size: int, rank: int, world: int) -> slice:
     """The rows of a batch of `size` that `rank` of `world` trains on: contiguous, equal
     when `world` divides `size` (the config makes sure it does)."""
-    bounds = torch.linspace(0, size, world + 1).round().long().tolist()
-    return slice(bounds[rank], bounds[rank + 1])
+    return slice(size * rank // world, size * (rank + 1) // world)
 
 
 class Ranks:
@@ -61,7 +60,6 @@ class Ranks:
         ZeRO every rank must call this: consolidating is a collective."""
         if isinstance(opt, ZeroRedundancyOptimizer):
             opt.consolidate_state_dict(to=0)
-            return opt.state_dict() if self.rank == 0 else None
         return opt.state_dict() if self.rank == 0 else None
 
     def state_bytes(self, opt: torch.optim.Optimizer) -> list[int]:
