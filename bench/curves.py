@@ -128,7 +128,7 @@ def build(task: str, samples: int, concurrent: int, seed: int, out: Path) -> dic
 
 
 def _val_images(cfg) -> int:
-    from search import data
+    from search.trial import data
 
     return len(data.load(cfg.data).val)
 

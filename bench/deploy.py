@@ -30,10 +30,10 @@ import numpy as np
 import torch
 
 import models
-from search import data
 from search.config import DataConfig, ModelConfig, TrainConfig, TrialConfig
 from search.deploy import export, int8, latency
-from search.trainer import deployable, train
+from search.trial import data
+from search.trial.trainer import deployable, train
 
 MODELS = {
     "cnn": (DataConfig(dataset="digits"), 10),  # (data, training epochs)

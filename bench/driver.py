@@ -10,7 +10,7 @@ experiment state, the MLflow writer on SQLite, the checkpoint janitor, Ray's exp
 snapshots at their default period) with one change: each trial computes nothing. It reports
 a made-up val_acc per epoch (a smooth function of lr and beta1 that rises with the epoch, so
 that TPE and ASHA have something to act on) and writes a small checkpoint at the same
-epochs a real trial would (`search.checkpoints.CheckpointPolicy`). Trials ask for a small
+epochs a real trial would (`search.trial.checkpoints.CheckpointPolicy`). Trials ask for a small
 fraction of a CPU, so that `--concurrency` of them run at once on this machine.
 
 Printed: trials/s and results/s over the whole run; the driver's CPU time per result (this
@@ -49,11 +49,11 @@ def made_up_accuracy(params: dict[str, float], epoch: int) -> float:
 
 def zero_compute_trial(params: dict[str, Any], base: Any, rungs: tuple[int, ...] = (),
                        checkpoint_period_s: float | None = None) -> None:
-    """`search.trainable.run_trial`'s signature and reporting, no training, no torch."""
+    """`search.trial.trainable.run_trial`'s signature and reporting, no training, no torch."""
     from ray import tune
 
-    from search.checkpoints import CheckpointPolicy
     from search.space import trial_config
+    from search.trial.checkpoints import CheckpointPolicy
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # as run_trial does
     cfg = trial_config(base, params)

@@ -5,7 +5,7 @@
     python -m bench.peers --set train.epochs=5 --out /tmp/peers.json
 
 Each seed runs one search three ways on the embedded default conf/digits.yaml (digits, cnn,
-15 epochs, the project's trainer `search.trainer.train` with its own Adam): the same space,
+15 epochs, the project's trainer `search.trial.trainer.train` with its own Adam): the same space,
 `points_to_evaluate`, TPE seed, ASHA rungs (grace period, reduction factor) and number of
 trials at a time. Each way is a fresh subprocess in a fresh temporary folder, so every wall
 time includes Python's imports and, for Ray, starting and stopping Ray:
@@ -122,7 +122,7 @@ def stock_trainable(config: dict[str, Any], base: Any) -> None:
     from ray import tune
 
     from search.space import trial_config
-    from search.trainer import train
+    from search.trial.trainer import train
 
     def report(metrics: dict[str, Any], checkpoint: dict[str, Any] | None) -> None:
         if checkpoint is None:
@@ -207,7 +207,7 @@ def run_optuna(cfg: Any, work: Path) -> None:
     import torch
 
     from search.space import DefineByRun, trial_config
-    from search.trainer import train
+    from search.trial.trainer import train
 
     torch.set_num_threads(1)  # one core a thread, as one Ray trial per CPU gets
     optuna.logging.set_verbosity(optuna.logging.WARNING)

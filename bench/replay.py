@@ -278,7 +278,7 @@ def targets(t: Table, quantiles: tuple[float, ...] = (0.90, 0.97, 0.99)) -> dict
 
 
 def table_trial(t: Table) -> Callable[..., None]:
-    """A trial function with `search.trainable.run_trial`'s signature that trains nothing:
+    """A trial function with `search.trial.trainable.run_trial`'s signature that trains nothing:
     it reports, epoch by epoch, the curve of the table row nearest to its sample. With it, a
     live search (search.run.build_tuner, Ray Tune's loop) runs against the same table as a
     replay, which is how tests/test_replay.py checks the replay against Tune."""

@@ -6,8 +6,8 @@
 Both pipelines train the same model with the same optim.Adam, batch size and augmentation
 (random crop with 4-pixel padding, horizontal flip, normalisation):
 
-- ours: `search.trainer.train`, the data a uint8 tensor on the device, augmented there in
-  batches (search/data.py); bf16 autocast and channels_last on CUDA;
+- ours: `search.trial.trainer.train`, the data a uint8 tensor on the device, augmented there in
+  batches (search/trial/data.py); bf16 autocast and channels_last on CUDA;
 - peer: a torchvision `transforms.v2` pipeline applied per sample in a `Dataset`, batched by
   a `DataLoader` with worker processes and pinned memory, then copied to the device: the
   usual tutorial recipe.
@@ -40,9 +40,9 @@ from torchvision.transforms import v2
 
 import models
 import optim
-from search import data
 from search.config import DataConfig, ModelConfig, TrainConfig, TrialConfig
-from search.trainer import pick_device, train
+from search.trial import data
+from search.trial.trainer import pick_device, train
 
 OUT = Path(__file__).with_name("train.json")
 
@@ -120,7 +120,7 @@ def over_workers(models_: list[str], counts: list[int], samples: int, epochs: in
     import ray
 
     from search.config import OptimizerConfig
-    from search.distributed.trial import torch_trainer
+    from search.trial.distributed.trial import torch_trainer
 
     ray.init(num_cpus=max(counts), include_dashboard=False, logging_level="error",
              log_to_driver=False)

@@ -17,9 +17,9 @@ import ray
 import models
 import optim
 import search
-from search import warm
 from search.config import ConfigError, DataConfig, ResourcesConfig
-from search.distributed import placement
+from search.trial import warm
+from search.trial.distributed import placement
 
 CONNECT_TIMEOUT_S = 5.0
 
@@ -38,8 +38,8 @@ def _reachable(address: str) -> bool:
 
 
 def warm_workers(preload: DataConfig | None) -> dict:
-    """The runtime_env part that warms worker processes as they start (search/warm.py)."""
-    env = {"worker_process_setup_hook": "search.warm.preload"}
+    """The runtime_env part that warms worker processes as they start (search/trial/warm.py)."""
+    env = {"worker_process_setup_hook": "search.trial.trainable.preload"}
     if preload is not None:
         env["env_vars"] = {warm.PRELOAD_ENV: preload.model_dump_json()}
     return env

@@ -75,7 +75,7 @@ class OptunaSearch(RayOptunaSearch):
             self._completed_trials.add(trial_id)
             return
         if result is not None and result.get("error") and trial_id not in self._completed_trials:
-            # A trial that reported a deterministic error (search/trainable.py) failed.
+            # A trial that reported a deterministic error (search/trial/trainable.py) failed.
             self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.FAIL)
             self._completed_trials.add(trial_id)
             return

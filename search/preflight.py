@@ -9,8 +9,8 @@ builds for that data.
 from __future__ import annotations
 
 import models
-from search import data
 from search.config import ConfigError, DataConfig, TrialConfig
+from search.trial import data
 
 # (classes, channels, side) of the built-in datasets, known without loading them.
 SHAPES = {"digits": (10, 1, 8), "mnist": (10, 1, 28), "fashion_mnist": (10, 1, 28),

@@ -20,19 +20,17 @@ import yaml
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 
-from search import cluster, optuna_search, preflight, results, strategy, user_code
+from search import cluster, optuna_search, preflight, strategy, user_code
 from search import config as config_
 from search.asha import RungState, rung_epochs
-from search.checkpoints import CheckpointJanitor
 from search.cli import run_main
 from search.config import ConfigError, SearchConfig, TrialConfig
-from search.distributed import placement
-from search.distributed import trial as multiworker
 from search.optuna_search import OptunaSearch
-from search.progress import Progress, setup_logging
-from search.space import DefineByRun, searched, trial_config
-from search.store import local_tracking_uri
-from search.tracking import (
+from search.record import results
+from search.record.checkpoint_janitor import CheckpointJanitor
+from search.record.progress import Progress, setup_logging
+from search.record.store import local_tracking_uri
+from search.record.tracking import (
     DRAIN_S,
     REDACTED,
     TrackingCallback,
@@ -41,7 +39,10 @@ from search.tracking import (
     redact,
     search_params,
 )
-from search.trainable import result_checkpoint, run_trial
+from search.space import DefineByRun, searched, trial_config
+from search.trial.distributed import placement
+from search.trial.distributed import trial as multiworker
+from search.trial.trainable import result_checkpoint, run_trial
 
 log = logging.getLogger("search")
 SAVED_CONFIG = "search.yaml"  # the resolved config, next to Ray's experiment state
@@ -196,7 +197,7 @@ def build_tuner(cfg: SearchConfig, storage: str, name: str, tracking: TrackingCa
             search_alg=searcher, scheduler=scheduler, num_samples=s.num_samples,
             max_concurrent_trials=min(s.max_concurrent, max_concurrent or s.max_concurrent),
             metric=s.metric, mode=s.mode, trial_dirname_creator=trial_dirname,
-            # One warm process runs trial after trial (search/warm.py): no new process,
+            # One warm process runs trial after trial (search/trial/warm.py): no new process,
             # imports or dataset load per trial. Not for multi-worker trials: a trial that
             # ASHA stops must end its actor, which takes its Train run's workers with it.
             reuse_actors=not cfg.resources.distributed,

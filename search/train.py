@@ -16,7 +16,7 @@ import torch
 from search import config as config_
 from search import preflight, user_code
 from search.cli import run_main
-from search.trainer import train
+from search.trial.trainer import train
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

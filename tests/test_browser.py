@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 import pytest
 
-from search.store import ui_link  # the link the summary prints: what the browser opens
+from search.record.store import ui_link  # the link the summary prints: what the browser opens
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT_S = 30.0  # the longest wait for one thing to show: the machine may be slow

@@ -1,4 +1,5 @@
-"""When a trial checkpoints (search/checkpoints.py) and where ASHA judges it (search/asha.py)."""
+"""When a trial checkpoints (search/trial/checkpoints.py), where ASHA judges it (search/asha.py),
+and which checkpoints the driver deletes (search/record/checkpoint_janitor.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 from ray.tune.schedulers import ASHAScheduler
 
 from search.asha import rung_epochs
-from search.checkpoints import COST_FACTOR, CheckpointPolicy, checkpoint_due
+from search.trial.checkpoints import COST_FACTOR, CheckpointPolicy, checkpoint_due
 
 
 @pytest.mark.parametrize("grace, factor, max_t", [
@@ -91,7 +92,7 @@ def checkpoints(exp, name: str) -> list[str]:
 
 
 def test_janitor_deletes_only_what_a_fully_stored_snapshot_no_longer_names(tmp_path):
-    from search.checkpoints import CheckpointJanitor
+    from search.record.checkpoint_janitor import CheckpointJanitor
 
     exp = tmp_path / "exp"
     janitor = CheckpointJanitor()
@@ -116,7 +117,7 @@ def test_janitor_deletes_only_what_a_fully_stored_snapshot_no_longer_names(tmp_p
 def test_janitor_state_pickles_without_trials_and_keeps_counting_after_restore(tmp_path):
     import pickle
 
-    from search.checkpoints import CheckpointJanitor
+    from search.record.checkpoint_janitor import CheckpointJanitor
 
     janitor = CheckpointJanitor()
     janitor.on_step_begin(0, [make_trial(tmp_path, "a", 0)])

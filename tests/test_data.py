@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from search import data
 from search.config import DataConfig
+from search.trial import data
 
 
 def test_digits_split_is_deterministic_and_disjoint():

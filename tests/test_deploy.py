@@ -18,8 +18,8 @@ import pytest
 import torch
 import yaml
 
-from search import data
 from search.config import DataConfig, SearchConfig
+from search.trial import data
 from tests.conftest import run_module
 
 ONNX = "models:/digits-test-onnx@champion"

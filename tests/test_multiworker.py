@@ -1,4 +1,4 @@
-"""Trials over several workers (search/distributed/): data-parallel parity with one worker,
+"""Trials over several workers (search/trial/distributed/): data-parallel parity with one worker,
 ZeRO-sharded Adam state, consolidated checkpoints, placement and concurrency, and a real
 search of two-worker trials on a local Ray, with ASHA pruning and a registered champion.
 
@@ -25,11 +25,11 @@ from search.config import (
     TrainConfig,
     TrialConfig,
 )
-from search.distributed.placement import concurrent_trials, worker_slots
-from search.distributed.ranks import batch_part
-from search.distributed.trial import torch_trainer
-from search.trainable import load_checkpoint
-from search.trainer import train
+from search.trial.distributed.placement import concurrent_trials, worker_slots
+from search.trial.distributed.ranks import batch_part
+from search.trial.distributed.trial import torch_trainer
+from search.trial.trainable import load_checkpoint
+from search.trial.trainer import train
 
 CPU_WORKER = {"CPU": 1.0, "GPU": 0.0}
 

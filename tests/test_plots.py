@@ -1,4 +1,4 @@
-"""The pictures of a finished search (search.plots), drawn for real with matplotlib and
+"""The pictures of a finished search (search.record.plots), drawn for real with matplotlib and
 Optuna's importance evaluators, then read back from the PNGs."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from optuna.distributions import FloatDistribution
 
-from search.plots import (
+from search.record.plots import (
     Plots,
     TrialCurve,
     draw_all,
@@ -187,7 +187,7 @@ def test_importances_use_completed_trials_only():
 def test_importances_infer_a_missing_or_wrong_distribution(caplog):
     curves = [c for c in _search() if c.outcome == "completed"]
     wrong = {"lr": FloatDistribution(0.5, 1.0)}  # does not hold the sampled lrs
-    with caplog.at_level(logging.WARNING, logger="search.plots"):
+    with caplog.at_level(logging.WARNING, logger="search.record.plots"):
         found = importances(curves, "val_acc", "min", wrong)
     assert set(found["fanova"]) == {"lr", "beta1", "eps"}
     assert "lr's distribution" in caplog.text

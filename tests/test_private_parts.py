@@ -49,7 +49,8 @@ def test_optuna_search_keeps_its_study_and_trials_where_ours_reads_them():
 def test_rays_callback_state_file_name_is_the_one_the_janitor_reads():
     from ray.tune.callback import CallbackList
 
-    template = needs(CallbackList, "CKPT_FILE_TMPL", "search/checkpoints.py (CheckpointJanitor "
+    template = needs(CallbackList, "CKPT_FILE_TMPL",
+                     "search/record/checkpoint_janitor.py (CheckpointJanitor "
                      "reads back the snapshot number Ray stored)")
     assert template.format("2026-11-27_10-00-00").startswith("callback-states-")
     assert template.endswith(".pkl")
@@ -70,11 +71,11 @@ def test_ray_train_logs_each_report_under_the_logger_warm_quiets():
     import importlib
     import logging
 
-    from search import warm
+    from search.trial import warm
 
     for module in warm.NOISY_TRAIN_MODULES:
         loaded = importlib.import_module(module)
-        reader = "search/warm.py quiet_train_logs (Ray Train's per-report log lines)"
+        reader = "search/trial/warm.py quiet_train_logs (Ray Train's per-report log lines)"
         logger = needs(loaded, "logger", reader)
         assert logger.name in (module, loaded.__file__), (
             f"Ray {ray.__version__}: {module} logs under {logger.name!r}; {reader} "

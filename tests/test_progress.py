@@ -1,4 +1,4 @@
-"""The search's live output (search/progress.py)."""
+"""The search's live output (search/record/progress.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from search.progress import fmt, sample_line, setup_logging
+from search.record.progress import fmt, sample_line, setup_logging
 
 
 @pytest.mark.parametrize("value, shown", [
@@ -27,5 +27,5 @@ def test_search_warnings_still_print_after_mlflow_silences_the_root_logger(capsy
     import mlflow.pytorch  # noqa: F401  (MLflow 3.17: logging.basicConfig(level=ERROR))
 
     logging.basicConfig(level=logging.ERROR)  # whichever import did it first
-    logging.getLogger("search.tracking").warning("MLflow unreachable, 3 writes queued")
+    logging.getLogger("search.record.tracking").warning("MLflow unreachable, 3 writes queued")
     assert "MLflow unreachable, 3 writes queued" in capsys.readouterr().out

@@ -1,4 +1,5 @@
-"""What a finished search leaves behind (search/results.py): the parts not covered end to end."""
+"""What a finished search leaves behind (search/record/results.py): the parts not covered end
+to end."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ import threading
 
 from mlflow.utils import requirements_utils
 
-from search import results
+from search.record import results
 
 
 def test_mlflow_still_has_the_private_function_the_champion_preload_warms():
-    # search.results.preload_model_logging calls it through getattr (a missing one only
+    # search.record.results.preload_model_logging calls it through getattr (a missing one only
     # costs time); this names it, so an MLflow release that drops it is noticed here.
     assert callable(getattr(requirements_utils, results.PACKAGES_MAP_INIT, None))
 

@@ -18,8 +18,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from search import config as config_
-from search import data
 from search.config import DataConfig, TrialConfig
+from search.trial import data
 from tests.conftest import ROOT, SEARCH, run_module
 
 
@@ -83,7 +83,7 @@ def test_mlflow_has_one_parent_with_a_child_per_trial_and_clean_histories(search
 
 def test_trials_run_in_warm_processes_one_per_concurrent_slot(search):
     # reuse_actors: the 8 trials share as many processes as run at once (2), each process
-    # paying its imports and data loading once (search/warm.py).
+    # paying its imports and data loading once (search/trial/warm.py).
     cwd, _, _ = search
     pids = {}
     for result in (cwd / "runs" / "e2e").glob("trial_*/result.json"):

@@ -22,8 +22,8 @@ from optuna.storages.journal import JournalFileBackend
 from ray.tune import ExperimentAnalysis, ResultGrid
 
 from search import config as config_
-from search import plots, results
 from search.config import SearchConfig
+from search.record import plots, results
 from tests.test_search import children
 
 STATES = {"completed": "COMPLETE", "pruned": "PRUNED", "failed": "FAIL", "diverged": "COMPLETE"}

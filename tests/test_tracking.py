@@ -1,4 +1,4 @@
-"""The MLflow writer (search/tracking.py) against a real SQLite-backed MLflow store."""
+"""The MLflow writer (search/record/tracking.py) against a real SQLite-backed MLflow store."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 import pytest
 from mlflow.tracking import MlflowClient
 
-from search.tracking import RETRY_S, Tracker, transient
+from search.record.tracking import RETRY_S, Tracker, transient
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ def test_a_write_that_would_fail_again_is_dropped_without_blocking_the_rest(trac
 
     tracker.submit(broken)
     tracker.log_epoch("a", {"epoch": 1, "val_acc": 0.5})
-    with caplog.at_level(logging.ERROR, logger="search.tracking"):
+    with caplog.at_level(logging.ERROR, logger="search.record.tracking"):
         assert tracker.drain(timeout_s=30)
     assert history(tracker, "a") == [(1, 0.5)]
     assert "MLflow write dropped: KeyError" in caplog.text
@@ -85,7 +85,7 @@ def test_a_server_outage_is_retried_and_a_half_made_run_is_not_made_twice(tracke
         return run
 
     tracker.client.create_run = flaky
-    with caplog.at_level(logging.WARNING, logger="search.tracking"):
+    with caplog.at_level(logging.WARNING, logger="search.record.tracking"):
         tracker.start_trial("a", "a", {"lr": 0.1})
         tracker.log_epoch("a", {"epoch": 1, "val_acc": 0.5})
         assert tracker.drain(timeout_s=RETRY_S + 30)
@@ -121,7 +121,7 @@ def test_the_schemes_we_accept_are_the_ones_mlflow_has_stores_for():
     from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    from search.tracking import REGISTRY_SCHEMES, TRACKING_SCHEMES
+    from search.record.tracking import REGISTRY_SCHEMES, TRACKING_SCHEMES
 
     tracking = tracking_utils._tracking_store_registry._registry
     registry = registry_utils._get_store_registry()._registry
@@ -131,7 +131,7 @@ def test_the_schemes_we_accept_are_the_ones_mlflow_has_stores_for():
 
 def test_a_uri_scheme_mlflow_cannot_use_is_refused_naming_it():
     from search.config import ConfigError
-    from search.tracking import check_tracking_uri
+    from search.record.tracking import check_tracking_uri
 
     for uri, scheme in (("ftp://127.0.0.1/x", "ftp"), ("s3://bucket/mlflow", "s3"),
                         ("redis://127.0.0.1:6379", "redis")):

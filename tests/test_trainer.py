@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from search.config import DataConfig, ModelConfig, OptimizerConfig, TrainConfig, TrialConfig
-from search.trainer import train
+from search.trial.trainer import train
 
 TIMING = {"epoch_s", "images_per_s"}
 

@@ -17,8 +17,8 @@ from ray.cluster_utils import Cluster
 
 import models
 from search import config as config_
-from search import user_data
 from search.config import ConfigError, DataConfig
+from search.trial import user_data
 from tests.conftest import ROOT, run_module
 from tests.test_search import children
 

@@ -1,4 +1,4 @@
-"""Warm trial processes (search/warm.py): what a reused process keeps, and what it drops."""
+"""Warm trial processes (search/trial/warm.py): what a reused process keeps, and what it drops."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import psutil
 import pytest
 import torch
 
-from search import warm
 from search.config import DataConfig, ModelConfig, OptimizerConfig, TrainConfig, TrialConfig
-from search.trainer import train
+from search.trial import warm
+from search.trial.trainer import train
 from tests.conftest import ROOT
 
 TIMING = {"epoch_s", "images_per_s"}
@@ -60,12 +60,12 @@ def test_preload_imports_the_trial_code_loads_the_data_and_freezes_the_heap(tmp_
     data = DataConfig(dataset="digits", split_seed=3)
     script = (
         "import gc, sys, torch\n"
-        "from search import warm\n"
+        "from search.trial import trainable, warm\n"
         "from search.config import DataConfig\n"
-        "warm.preload()\n"
+        "trainable.preload()\n"
         f"cfg = DataConfig.model_validate_json({data.model_dump_json()!r})\n"
         "assert (cfg.model_dump_json(), 'cpu') in warm._datasets, warm._datasets\n"
-        "assert 'search.trainable' in sys.modules and 'torch._dynamo' in sys.modules\n"
+        "assert 'search.trial.trainable' in sys.modules and 'torch._dynamo' in sys.modules\n"
         "print(gc.get_freeze_count())\n"
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,

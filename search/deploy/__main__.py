@@ -19,7 +19,7 @@ from search.cli import run_main
 from search.config import DeployConfig, Section
 from search.deploy import champion as champion_
 from search.deploy import latency
-from search.store import CHAMPION, mlflow_settings, redact
+from search.record.store import CHAMPION, mlflow_settings, redact
 
 BATCH = 64  # the large batch of the throughput figures
 
@@ -124,8 +124,8 @@ def deploy(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
-    from search import data
     from search.deploy import export
+    from search.trial import data
 
     torch.set_num_threads(cfg.threads)
     ds = data.load(champ.trial.data)

@@ -2,7 +2,7 @@
 
 A search registers its best checkpoint as `NAME@champion` and logs, beside the MLflow
 model, the weights with the recipe to rebuild the network and its data
-(`search.results.CHAMPION_CHECKPOINT`). From that the champion is rebuilt exactly: the
+(`search.record.results.CHAMPION_CHECKPOINT`). From that the champion is rebuilt exactly: the
 user's plug-in network included, with the normalising wrapper, on the search's own
 train/validation split.
 """
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from search import config as config_
 from search.config import ConfigError, TrialConfig
-from search.store import (
+from search.record.store import (
     CHAMPION,
     CHAMPION_CHECKPOINT,
     REDACTED,
@@ -53,7 +53,7 @@ class Champion:
     def model(self) -> nn.Module:
         """The trained network in eval mode, taking images scaled to [0, 1]."""
         from search import user_code
-        from search.trainer import deployable
+        from search.trial.trainer import deployable
 
         if self.trial.code:  # a plug-in network: import it from where the search found it
             user_code.use_folders(self.trial.code)

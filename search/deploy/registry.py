@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from search.store import CHAMPION, reopened
+from search.record.store import CHAMPION, reopened
 
 SUFFIX = {"onnx": "-onnx", "onnx-int8": "-onnx-int8"}  # registered name = champion's + this
 

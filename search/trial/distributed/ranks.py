@@ -30,7 +30,7 @@ def batch_part(size: int, rank: int, world: int) -> slice:
 
 
 class Ranks:
-    """This process's place in the group, and the hooks `search.trainer.train` calls."""
+    """This process's place in the group, and the hooks `search.trial.trainer.train` calls."""
 
     def __init__(self, device: torch.device, shard_state: bool,
                  checkpoint_due: Callable[[int], bool] = lambda epoch: True) -> None:

@@ -1,16 +1,16 @@
 """A multi-worker trial: a Tune function trainable that runs a Ray Train `TorchTrainer`.
 
-Tune calls `run_trial` as it calls the single-process `search.trainable.run_trial`, with the
+Tune calls `run_trial` as it calls the single-process `search.trial.trainable.run_trial`, with the
 trial's sample; here the trial only drives: it starts `workers_per_trial` Ray Train workers
 (backend gloo on CPU, nccl on CUDA), each running `worker_loop`, which is the project's
-trainer with `search.distributed.ranks.Ranks` as its `parallel`. Rank 0's reports reach Tune
+trainer with `search.trial.distributed.ranks.Ranks` as its `parallel`. Rank 0's reports reach Tune
 through Ray's `TuneReportCallback`, with the path of the run's latest checkpoint, which
 rank 0 writes (model and the consolidated optimizer state: a plain `optim.Adam` state dict).
 
 Failures: Ray Train restarts a lost worker group from its latest checkpoint, up to
 `search.max_failures` times; a new driver for the same trial (Tune's retry, `--resume`)
 finds the same Train run in the search's storage and continues from it too. Epochs replayed
-after a restart are logged to MLflow once (search/tracking.py). An ASHA stop ends the trial
+after a restart are logged to MLflow once (search/record/tracking.py). An ASHA stop ends the trial
 actor; its Train controller, workers and their placement group go with it.
 """
 
@@ -25,20 +25,20 @@ from ray import tune
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from search import warm
-from search.checkpoints import CheckpointPolicy
 from search.config import TrialConfig
-from search.distributed.placement import PLACEMENT_GROUP
-from search.distributed.ranks import Ranks
 from search.space import trial_config
-from search.trainable import (
+from search.trial import warm
+from search.trial.checkpoints import CheckpointPolicy
+from search.trial.distributed.placement import PLACEMENT_GROUP
+from search.trial.distributed.ranks import Ranks
+from search.trial.trainable import (
     CHECKPOINT_URI,
     DETERMINISTIC,
     error_result,
     load_checkpoint,
     report_checkpoint,
 )
-from search.trainer import pick_device, train
+from search.trial.trainer import pick_device, train
 
 # What a multi-worker trial's driver asks Tune for: no CPU (it only waits on its workers,
 # which Ray Train places in a placement group of their own), and a token of memory because

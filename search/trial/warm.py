@@ -6,12 +6,11 @@ Kept: the loaded dataset, already on the trial's device, keyed by its config (a 
 digits or CIFAR-10; two configs at most). Dropped after every trial (`release`): the
 trial's objects (model, optimizer state, gradients), torch.compile's caches (compiled
 graphs hold on to memory and would serve a later trial's different model), and the CUDA
-caching allocator's blocks. A trial seeds every generator it uses (`search.trainer`), so no
+caching allocator's blocks. A trial seeds every generator it uses (`search.trial.trainer`), so no
 random state carries over either.
 
-`preload` runs as Ray's `worker_process_setup_hook` when a worker process starts, before
-any trial is placed on it: it imports the trainer and loads the search's dataset while the
-driver is still setting up, so the first trial on the process starts training at once.
+`search.trial.trainable.preload`, Ray's `worker_process_setup_hook`, fills what is kept here
+when a worker process starts, before any trial is placed on it.
 """
 
 from __future__ import annotations
@@ -19,17 +18,15 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
-import json
 import logging
 import math
-import os
 import sys
 from collections import OrderedDict
 
 import torch
 
-from search import data
 from search.config import DataConfig
+from search.trial import data
 
 PRELOAD_ENV = "ADAMSEARCH_PRELOAD_DATA"  # a DataConfig as JSON, set by the driver
 _CACHE_SIZE = 2  # datasets kept per process and device (a search uses one)
@@ -89,7 +86,7 @@ def _trim_heap() -> None:
 # Ray Train's loggers that print a line per report and per second into a search's output:
 # the worker context's (named by its file: private, tests/test_private_parts.py names it),
 # and the placement-group cleaner's "State API unavailable" when Ray runs without a
-# dashboard (search/distributed/placement.py frees the groups itself then).
+# dashboard (search/trial/distributed/placement.py frees the groups itself then).
 NOISY_TRAIN_MODULES = ("ray.train.v2._internal.execution.context",
                        "ray.train.v2._internal.execution.controller.placement_group_cleaner")
 
@@ -103,26 +100,3 @@ def quiet_train_logs() -> None:
         with contextlib.suppress(ImportError, AttributeError, ValueError):
             origin = importlib.util.find_spec(module).origin  # the name it logs under
             logging.getLogger(origin).setLevel(logging.WARNING)
-
-
-def preload() -> None:
-    """Ray's worker_process_setup_hook: what the first trial of a process would pay.
-
-    Imports the trial's code (torch, models, optim, Ray's session and storage), builds an
-    optimizer once (torch.optim's first one imports torch._dynamo: about 1 s) and loads
-    the search's dataset on the host."""
-    import optim
-    import search.trainable  # noqa: F401
-
-    optim.Adam([torch.zeros(1, requires_grad=True)])
-    quiet_train_logs()
-    raw = os.environ.get(PRELOAD_ENV)
-    if raw:
-        # A bad dataset is the trial's to report, with its config; here it stays unloaded.
-        with contextlib.suppress(Exception):
-            dataset(DataConfig.model_validate(json.loads(raw)), torch.device("cpu"))
-    # What is loaded now stays for the process's life: keep the garbage collector from
-    # scanning it again (a full collection over torch's 400k objects takes 0.2 s, which
-    # `release` would otherwise pay after every trial).
-    gc.collect()
-    gc.freeze()

@@ -16,8 +16,8 @@ import time
 
 from ray import tune
 
+from search.record.tracking import error_line, outcome
 from search.space import fmt, optimizer_params, sample_line  # noqa: F401  (re-exported)
-from search.tracking import error_line, outcome
 
 log = logging.getLogger("search.progress")
 

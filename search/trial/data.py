@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from search import user_data
 from search.config import ConfigError, DataConfig
+from search.trial import user_data
 
 # What torchvision expects under `data.root`, for the "not present" message.
 EXPECTED_FILES = {
@@ -235,7 +235,7 @@ class DeviceLoader:
     ) -> None:
         self.split = split
         # Data-parallel training: every rank draws the same order and augmentation, then
-        # keeps `part(len(batch))` of each batch (search/distributed/ranks.py).
+        # keeps `part(len(batch))` of each batch (search/trial/distributed/ranks.py).
         self.part = part
         self.batch_size = batch_size
         self.train = train

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 from ray import tune
 
 from search import config as config_
-from search import plots
 from search.config import SearchConfig, TrialConfig
-from search.progress import sample_line
+from search.record import plots
+from search.record.progress import sample_line
+from search.record.store import CHAMPION, CHAMPION_CHECKPOINT, LOCAL_UI, reopened, ui_link
+from search.record.tracking import Tracker, error_line, outcome, redact
 from search.space import fmt, optimizer_params, searched, trial_config
-from search.store import CHAMPION, CHAMPION_CHECKPOINT, LOCAL_UI, reopened, ui_link
-from search.tracking import Tracker, error_line, outcome, redact
 
 if TYPE_CHECKING:
     from ray.tune import ResultGrid
@@ -151,8 +151,8 @@ def register_champion(tracker: Tracker, best: TrialSummary, name: str,
     import mlflow
     import torch
 
-    from search.trainable import load_checkpoint, result_checkpoint
-    from search.trainer import deployable
+    from search.trial.trainable import load_checkpoint, result_checkpoint
+    from search.trial.trainer import deployable
 
     state = load_checkpoint(result_checkpoint(best.result))
     spec = state["model_spec"]

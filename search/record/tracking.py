@@ -25,10 +25,9 @@ from typing import TYPE_CHECKING, Any
 from ray import tune
 
 from search.config import SearchConfig
-from search.space import NAMES, fmt, optimizer_params, sample_line
 
 # Re-exported: the names of the MLflow store as every command uses them.
-from search.store import (  # noqa: F401
+from search.record.store import (  # noqa: F401
     REDACTED,
     REGISTRY_SCHEMES,
     TRACKING_SCHEMES,
@@ -36,6 +35,7 @@ from search.store import (  # noqa: F401
     mlflow_settings,
     redact,
 )
+from search.space import NAMES, fmt, optimizer_params, sample_line
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient

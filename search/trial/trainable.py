@@ -2,13 +2,17 @@
 
 The trial gets its sample (from Optuna, via Tune) as `params` and the base config
 through `tune.with_parameters`. It never talks to MLflow: the driver tracks every
-trial (search/tracking.py), so no tracking URI or credential has to reach the
+trial (search/record/tracking.py), so no tracking URI or credential has to reach the
 workers, and a trial retried on another node cannot log twice.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import json
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -18,15 +22,15 @@ import ray
 import torch
 from ray import tune
 
-from search import warm
-from search.checkpoints import CheckpointPolicy
-from search.config import ConfigError, TrialConfig
+from search.config import ConfigError, DataConfig, TrialConfig
 from search.space import trial_config
-from search.trainer import pick_device, train
+from search.trial import warm
+from search.trial.checkpoints import CheckpointPolicy
+from search.trial.trainer import pick_device, train
 
 CHECKPOINT_FILE = "checkpoint.pt"
 # A multi-worker trial's checkpoints are its Ray Train run's; its results name the latest
-# under this key (search/distributed/trial.py).
+# under this key (search/trial/distributed/trial.py).
 CHECKPOINT_URI = "checkpoint_path"
 # Errors that a retry would meet again: bad input the driver could not see (a dataset's
 # files corrupt, a config the trainer or model rejects, a plug-in that does not import).
@@ -90,7 +94,7 @@ def run_trial(params: dict[str, Any], base: TrialConfig, rungs: tuple[int, ...] 
               checkpoint_period_s: float | None = None) -> None:
     """Train the base config with this trial's sample, resuming from Tune's checkpoint.
 
-    `rungs` and `checkpoint_period_s` say when to checkpoint (search/checkpoints.py).
+    `rungs` and `checkpoint_period_s` say when to checkpoint (search/trial/checkpoints.py).
     """
     cfg = trial_config(base, params)
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # a line per checkpoint is noise
@@ -108,3 +112,27 @@ def run_trial(params: dict[str, Any], base: TrialConfig, rungs: tuple[int, ...] 
     finally:
         # The process may run another trial next: keep nothing of this one.
         warm.release(compiled=cfg.train.compile or bool(cfg.optimizer.fused))
+
+
+def preload() -> None:
+    """Ray's worker_process_setup_hook: what the first trial of a process would pay.
+
+    Runs when a worker process starts, before any trial is placed on it, while the driver is
+    still setting up, so the first trial on the process starts training at once. Imports
+    the trial's code (torch, models, optim, Ray's session and storage), builds an
+    optimizer once (torch.optim's first one imports torch._dynamo: about 1 s) and loads
+    the search's dataset on the host."""
+    import optim
+
+    optim.Adam([torch.zeros(1, requires_grad=True)])
+    warm.quiet_train_logs()
+    raw = os.environ.get(warm.PRELOAD_ENV)
+    if raw:
+        # A bad dataset is the trial's to report, with its config; here it stays unloaded.
+        with contextlib.suppress(Exception):
+            warm.dataset(DataConfig.model_validate(json.loads(raw)), torch.device("cpu"))
+    # What is loaded now stays for the process's life: keep the garbage collector from
+    # scanning it again (a full collection over torch's 400k objects takes 0.2 s, which
+    # `release` would otherwise pay after every trial).
+    gc.collect()
+    gc.freeze()

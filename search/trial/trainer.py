@@ -18,11 +18,11 @@ from torch import nn
 
 import models
 import optim
-from search import data
 from search.config import TrialConfig
+from search.trial import data
 
 if TYPE_CHECKING:
-    from search.distributed.ranks import Ranks
+    from search.trial.distributed.ranks import Ranks
 
 Metrics = dict[str, Any]
 Checkpoint = dict[str, Any]  # plain tensors and numbers: loads with weights_only=True
@@ -114,7 +114,7 @@ def train(cfg: TrialConfig, report: Report, resume: Checkpoint | None = None,
     `dataset` is `cfg.data` already loaded (a warm trial process keeps it); None loads it.
     A non-finite training loss ends the run: the epoch is reported with
     `diverged: True` and `val_acc` 0, and no checkpoint. Returns the last metrics.
-    `parallel`: this process is one rank of a data-parallel trial (search/distributed/):
+    `parallel`: this process is one rank of a data-parallel trial (search/trial/distributed/):
     it trains on its part of every batch, the metrics are the whole group's, and a
     checkpoint is made only on the epochs rank 0 picks (None is reported on the others).
     """
