@@ -155,7 +155,7 @@ def test_mlflow_models_serve_answers_real_images_with_the_same_predictions(deplo
 
 
 def test_ray_serve_answers_the_same_request_with_the_same_predictions(deployed, validation):
-    from search import serve
+    from search.deploy import serve
 
     cwd, _, _ = deployed
     images = validation[0][:32]

@@ -24,8 +24,8 @@ from mlflow.models import infer_signature
 from sklearn.datasets import load_digits
 
 import models
-from search import serve
 from search.config import ConfigError
+from search.deploy import serve
 from tests.conftest import run_module
 
 NAME = "digits-onnx"
