@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from optim.base import Optimizer
 from optim.functional import adam, check_implementation
 from optim.lowmem import as_moment, init_moments
 
@@ -86,7 +87,7 @@ class _Verbatim:
         self.tensor = tensor
 
 
-class Adam(torch.optim.Optimizer):
+class Adam(Optimizer):
     r"""Adam (Kingma & Ba, 2015, Algorithm 1), optionally with AMSGrad and decoupled decay.
 
     For each parameter :math:`\theta` with gradient :math:`g`, at step :math:`t = 1, 2, \dots`:

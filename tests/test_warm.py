@@ -65,7 +65,8 @@ def test_preload_imports_the_trial_code_loads_the_data_and_freezes_the_heap(tmp_
         "trainable.preload()\n"
         f"cfg = DataConfig.model_validate_json({data.model_dump_json()!r})\n"
         "assert (cfg.model_dump_json(), 'cpu') in warm._datasets, warm._datasets\n"
-        "assert 'search.trial.trainable' in sys.modules and 'torch._dynamo' in sys.modules\n"
+        "assert 'search.trial.trainable' in sys.modules\n"
+        "assert 'torch._dynamo' not in sys.modules  # optim/base.py: nothing compiles here\n"
         "print(gc.get_freeze_count())\n"
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
@@ -102,11 +103,16 @@ def test_cuda_memory_returns_to_its_baseline_after_each_trial():
 
 def test_a_reused_process_keeps_a_flat_rss_over_20_trials(tmp_path):
     # A real search: 20 trials one after another in one warm Ray worker. Its RSS is read from
-    # outside while the trials run; a leak of one trial's model and Adam state (9 MB for
-    # this MLP on 3x32x32 inputs) would add some 135 MB between trial 5 and trial 20.
+    # outside while the trials run. A leak of one trial's model, gradients and Adam state
+    # (4.2M parameters x 4 tensors x 4 bytes = 67 MB for this MLP on 3x32x32 inputs) would
+    # add some 1,000 MB between trial 5 and trial 20. Without a leak the process's heap
+    # still drifts by up to about 60 MB over those trials (measured 2026-12-02: 6 runs of
+    # the 256-wide MLP, 20-66 MB, with its 9 MB a trial, against which a 40 MB bound failed
+    # one run in three); the tensors here are large enough to be mmapped and returned to
+    # the OS when freed, so they do not add to that drift.
     (tmp_path / "conf.yaml").write_text("""
 data: {dataset: synthetic, synthetic_samples: 512, synthetic_shape: [3, 32, 32]}
-model: {name: mlp}
+model: {name: mlp, kwargs: {hidden: 1024}}
 train: {epochs: 2, batch_size: 64}
 search: {num_samples: 20, max_concurrent: 1, seed: 0}
 scheduler: {name: fifo}
@@ -134,4 +140,4 @@ scheduler: {name: fifo}
     assert len(workers) == 1  # one process ran all 20 trials
     early = max(rss for n, rss in samples if 4 <= n <= 6)
     late = max(rss for n, rss in samples if n >= 18)
-    assert late - early < 40 * 2**20, (early / 2**20, late / 2**20)
+    assert late - early < 150 * 2**20, (early / 2**20, late / 2**20)

@@ -120,8 +120,8 @@ def preload() -> None:
     Runs when a worker process starts, before any trial is placed on it, while the driver is
     still setting up, so the first trial on the process starts training at once. Imports
     the trial's code (torch, models, optim, Ray's session and storage), builds an
-    optimizer once (torch.optim's first one imports torch._dynamo: about 1 s) and loads
-    the search's dataset on the host."""
+    optimizer once and loads the search's dataset on the host. torch._dynamo stays out
+    (optim/base.py) unless a trial compiles."""
     import optim
 
     optim.Adam([torch.zeros(1, requires_grad=True)])
