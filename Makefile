@@ -11,6 +11,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	# MLflow's empty SQLite schema, built once so a first search's new mlflow.db is a copy
+	$(BIN)/python -m search.record.sqlite_schema >/dev/null 2>&1 || true
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -41,7 +41,6 @@ from search.record.tracking import (
 )
 from search.space import DefineByRun, searched, trial_config
 from search.trial.distributed import placement
-from search.trial.distributed import trial as multiworker
 from search.trial.trainable import result_checkpoint, run_trial
 
 log = logging.getLogger("search")
@@ -154,6 +153,10 @@ def trainable(cfg: SearchConfig, path: str, trial: Callable[..., None] = run_tri
     common = dict(base=cfg.trial(), rungs=rungs,
                   checkpoint_period_s=cfg.search.checkpoint_period_s)
     if r.distributed and trial is run_trial:
+        # Imported only here: Ray Train's torch side and ZeRO's torch.distributed imports
+        # cost about 0.7 s, before Ray starts, that one-worker searches never use.
+        from search.trial.distributed import trial as multiworker
+
         return tune.with_resources(
             tune.with_parameters(multiworker.run_trial, **common, workers=r.workers_per_trial,
                                  worker=r.worker(), storage=path,
@@ -211,7 +214,7 @@ def build_tuner(cfg: SearchConfig, storage: str, name: str, tracking: TrackingCa
                 Progress(s.metric, s.mode, cfg.train.epochs, s.num_samples),
                 # ASHA's rungs in Ray's experiment checkpoint, so --resume keeps them.
                 *([RungState(scheduler)] if cfg.scheduler.name == "asha" else []),
-                *([results.PreloadModelLogging()] if cfg.mlflow.register_as else []),
+                results.PreloadTheEnd(model_logging=bool(cfg.mlflow.register_as)),
                 # Multi-worker trials: their workers' placement groups freed as they end.
                 *([placement.ReleaseWorkers()] if cfg.resources.distributed else []),
             ],

@@ -118,3 +118,16 @@ def test_optim_and_models_never_import_search_and_the_product_never_imports_benc
             assert not roots & {"search", "bench"}, name
         if name.split(".")[0] == "search":
             assert "bench" not in roots, name
+
+
+def test_the_driver_imports_the_multi_worker_trial_only_when_a_search_uses_it():
+    # Ray Train's torch side and ZeRO's torch.distributed imports cost about 0.7 s before
+    # Ray starts; a search of one-worker trials never needs them.
+    script = ("import sys\n"
+              "import search.run\n"
+              "print('search.trial.distributed.trial' in sys.modules,\n"
+              "      'torch.distributed.optim' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False"]

@@ -113,20 +113,31 @@ def write_best_yaml(cfg: SearchConfig, best: TrialSummary, path: Path) -> str:
     return text
 
 
-class PreloadModelLogging(tune.Callback):
-    """Pays, in the background once the trials run, the one-time costs of logging the
-    champion (about 3 s on 2 cores): importing mlflow.pytorch, torch.export's first trace
-    (later ones take milliseconds), and MLflow's map of installed packages, which it reads
-    to check the model's pip requirements. The end of the search then does not wait for
-    them, and the trial processes warming up at the start do not compete with them."""
+class PreloadTheEnd(tune.Callback):
+    """Pays, in the background once the trials run, the one-time costs of what the end of
+    the search does, so the end does not wait for them and the trial processes warming up
+    at the start do not compete with them:
 
-    def __init__(self) -> None:
+    - the plots' libraries (matplotlib, and Optuna's importance evaluators with
+      scikit-learn): about 2.4 s of imports on 2 cores (search/record/plots.py);
+    - with `model_logging`, logging the champion (about 3 s): importing mlflow.pytorch,
+      torch.export's first trace (later ones take milliseconds), and MLflow's map of
+      installed packages, which it reads to check the model's pip requirements.
+    """
+
+    def __init__(self, model_logging: bool) -> None:
+        self.model_logging = model_logging
         self.started = False
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         if not self.started:
             self.started = True
-            threading.Thread(target=preload_model_logging, daemon=True).start()
+            threading.Thread(target=self._preload, daemon=True).start()
+
+    def _preload(self) -> None:
+        plots.preload()
+        if self.model_logging:
+            preload_model_logging()
 
 
 def preload_model_logging() -> None:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ray import tune
 
 from search.config import SearchConfig
+from search.record import sqlite_schema
 
 # Re-exported: the names of the MLflow store as every command uses them.
 from search.record.store import (  # noqa: F401
@@ -166,6 +167,7 @@ class Tracker:
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
+        sqlite_schema.prepare(self.tracking_uri)  # a new SQLite store: copied, not migrated
         client = MlflowClient(self.tracking_uri)
         exp = client.get_experiment_by_name(experiment)
         experiment_id = exp.experiment_id if exp else client.create_experiment(experiment)
