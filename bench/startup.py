@@ -2,6 +2,7 @@
 
     python -m bench.startup                      # 3 runs of the bench.peers search
     python -m bench.startup --runs 1 --py-spy    # and a py-spy profile of the driver
+    python -m bench.startup --attach             # with Ray kept up (`ray start --head`)
 
 Runs `python -m search.run conf/digits.yaml` (12 trials, 2 at a time, seed 0: bench.peers'
 search) in a fresh folder, a new MLflow SQLite database included, and samples every
@@ -13,7 +14,9 @@ exited, and the wall times from the start to the first epoch and from the last e
 exit. On 2 cores a CPU second before the
 first epoch costs about half a second of wall. With --py-spy, the driver runs under
 `py-spy record` (native frames off) and the top functions by own time are printed.
-Writes bench/startup.json.
+With --attach, `ray start --head --num-cpus 2` runs first (stopped at the end), and every
+search attaches to it, as `python -m search.run` does when a Ray runs on this machine: what
+a second search costs when Ray is kept up. Writes bench/startup.json.
 """
 
 from __future__ import annotations
@@ -141,9 +144,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--samples", type=int, default=12)
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--py-spy", action="store_true")
+    p.add_argument("--attach", action="store_true", help="keep one Ray up for every run")
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
     results = []
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    if args.attach:
+        subprocess.run([ray_cli, "start", "--head", "--num-cpus", "2", "--include-dashboard",
+                        "false"], check=True, capture_output=True)
+    try:
+        _runs(args, results)
+    finally:
+        if args.attach:
+            subprocess.run([ray_cli, "stop"], capture_output=True)
+    _report(args, results)
+
+
+def _runs(args: argparse.Namespace, results: list[dict]) -> None:
     for i in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="startup-") as d:
             r = one_run(Path(d), args.samples, args.sets, args.py_spy)
@@ -153,6 +170,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"run {i}: wall {r['wall_s']:.1f} s, start -> 1st epoch "
               f"{r['start_to_first_epoch_s']:.1f} s, last epoch -> exit "
               f"{r['last_epoch_to_exit_s']:.1f} s", flush=True)
+
+
+def _report(args: argparse.Namespace, results: list[dict]) -> None:
     roles = sorted({k for r in results for k in r["cpu_to_exit"]},
                    key=lambda k: -statistics.median(r["cpu_to_first_epoch"].get(k, 0)
                                                     for r in results))

@@ -210,6 +210,9 @@ def test_search_survives_tracking_server_restart(tmp_path, mlflow_server):
     assert version.run_id in {k.info.run_id for k in kids}
     assert "s3cret" not in out
     assert "s3cret" not in (exp_dir / "search.yaml").read_text()
+    # Nor in anything Ray pickled into the storage (tuner.pkl holds the callbacks).
+    leaked = [str(f) for f in exp_dir.rglob("*") if f.is_file() and b"s3cret" in f.read_bytes()]
+    assert leaked == []
     for run in [*parents, *kids]:
         assert not any("s3cret" in v for v in run.data.params.values())
         assert not any("s3cret" in v for v in run.data.tags.values())

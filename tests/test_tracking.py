@@ -139,3 +139,16 @@ def test_a_uri_scheme_mlflow_cannot_use_is_refused_naming_it():
             check_tracking_uri(uri, register=False)
     check_tracking_uri("sqlite:////tmp/x.db", register=True)
     check_tracking_uri("postgresql+psycopg2://u@127.0.0.1:1/db", register=True)
+
+
+def test_the_pickled_tracking_callback_holds_no_credentials():
+    # Ray pickles its callbacks into the search's storage (tuner.pkl).
+    import pickle
+
+    from search.record.tracking import TrackingCallback
+
+    callback = TrackingCallback("http://alice:s3cret@127.0.0.1:5000", "e", "/runs/x", "x", {}, 3)
+    saved = pickle.dumps(callback)
+    assert b"s3cret" not in saved
+    assert pickle.loads(saved).tracking_uri == "http://***@127.0.0.1:5000"
+    assert callback.tracking_uri.startswith("http://alice:s3cret@")  # the live one keeps it

@@ -414,7 +414,11 @@ class TrackingCallback(tune.Callback):
         self.reconciled = False  # MLflow's runs checked against Ray's trials
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "tracker": None, "reconciled": False}
+        # Ray pickles its callbacks into the search's storage (tuner.pkl, a shared folder or
+        # an object store on a cluster): no credentials there. A resumed driver opens the
+        # Tracker itself, with the URI the user gives again (`open` finds it by search_dir).
+        return {**self.__dict__, "tracking_uri": redact(self.tracking_uri), "tracker": None,
+                "reconciled": False}
 
     def setup(self, **info) -> None:
         self.open().start()
