@@ -100,3 +100,35 @@ def test_low_memory_optimizer_state_trains_through_the_config(state_dtype, fused
         "optimizer": OptimizerConfig(lr=2e-3, state_dtype=state_dtype, fused=fused)})
     history, _ = collect(cfg)
     assert history[-1]["val_acc"] > 0.5
+
+
+TRIAL_WITHOUT_COMPILE = """
+import io, sys, torch
+from search.config import DataConfig, ModelConfig, OptimizerConfig, TrainConfig, TrialConfig
+from search.trial.trainer import train
+cfg = TrialConfig(data=DataConfig(dataset="digits"), model=ModelConfig(name="cnn"),
+                  optimizer=OptimizerConfig(lr=2e-3, fused={fused}),
+                  train=TrainConfig(epochs=2, batch_size=64, schedule="onecycle", device="cpu"))
+saved = {{}}
+def report(metrics, checkpoint):
+    if checkpoint is not None:
+        buf = io.BytesIO(); torch.save(checkpoint, buf); saved[metrics["epoch"]] = buf.getvalue()
+train(cfg, report)
+train(cfg, report, resume=torch.load(io.BytesIO(saved[1]), weights_only=True))
+print("torch._dynamo" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(("fused", "dynamo"), [(None, False), (True, True)])
+def test_a_trial_imports_torch_dynamo_only_when_it_compiles(fused, dynamo):
+    # A trial process that never compiles skips torch._dynamo's ~1 s import (optim/base.py):
+    # training, checkpointing and resuming included. A fused CPU step compiles, and needs it.
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    out = subprocess.run([sys.executable, "-c", TRIAL_WITHOUT_COMPILE.format(fused=fused)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == str(dynamo)
