@@ -73,6 +73,14 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def fresh_python(script: str) -> str:
+    """What `script` prints, run in a new interpreter from the project's root."""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 def test_reading_the_imports_finds_a_cycle_and_a_lazy_import():
     # The checker itself: a circle through a function-level import is found.
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == [["a", "b", "c", "a"]]
@@ -105,10 +113,7 @@ def test_a_trial_process_imports_no_mlflow_and_nothing_of_the_driver_wings():
               "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow'\n"
               "             or m.startswith(('search.record', 'search.deploy', 'search.run')))\n"
               "print(bad)\n")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         cwd=ROOT, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    assert fresh_python(script).strip() == "[]"
 
 
 def test_optim_and_models_never_import_search_and_the_product_never_imports_bench():
@@ -127,7 +132,4 @@ def test_the_driver_imports_the_multi_worker_trial_only_when_a_search_uses_it():
               "import search.run\n"
               "print('search.trial.distributed.trial' in sys.modules,\n"
               "      'torch.distributed.optim' in sys.modules)\n")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         cwd=ROOT, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["False", "False"]
+    assert fresh_python(script).split() == ["False", "False"]
