@@ -38,7 +38,8 @@ def _reachable(address: str) -> bool:
 
 
 def warm_workers(preload: DataConfig | None) -> dict:
-    """The runtime_env part that warms worker processes as they start (search/trial/warm.py)."""
+    """The runtime_env part that warms worker processes as they start
+    (search/trial/trainable.py `preload`; what it keeps: search/trial/warm.py)."""
     env = {"worker_process_setup_hook": "search.trial.trainable.preload"}
     if preload is not None:
         env["env_vars"] = {warm.PRELOAD_ENV: preload.model_dump_json()}
