@@ -10,7 +10,7 @@ in every trial process of a search, although only `torch.compile` (a compiled mo
 Here each of the four calls torch's own function directly while `torch._dynamo` has not
 been imported, and torch's guarded one once it has: with no dynamo loaded nothing can be
 compiling, so the guard has nothing to guard. The unwrapped function is the decorator's
-`functools.wraps` target (`__wrapped__`); tests/test_adam.py names that attribute.
+`functools.wraps` target (`__wrapped__`); tests/test_private_parts.py names that attribute.
 """
 
 from __future__ import annotations

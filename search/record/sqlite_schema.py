@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -64,9 +65,9 @@ def prepare(tracking_uri: str) -> None:
         template = build_template()
         db.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=db.parent, prefix=f".{db.name}.", suffix=".tmp")
+        os.close(fd)
         try:
-            with os.fdopen(fd, "wb") as out, template.open("rb") as src:
-                out.write(src.read())
+            shutil.copyfile(template, tmp)
             os.link(tmp, db)  # never over a database another process made meanwhile
         finally:
             os.unlink(tmp)
