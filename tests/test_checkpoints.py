@@ -1,5 +1,5 @@
-"""When a trial checkpoints (search/trial/checkpoints.py), where ASHA judges it (search/asha.py),
-and which checkpoints the driver deletes (search/record/checkpoint_janitor.py)."""
+"""When a trial checkpoints (search/trial/checkpoints.py) and where ASHA judges it
+(search/asha.py); which checkpoints the driver deletes: tests/test_checkpoint_janitor.py."""
 
 from __future__ import annotations
 
@@ -65,64 +65,3 @@ def test_slow_epochs_checkpoint_every_epoch_and_a_fixed_period_is_obeyed():
     fixed.written(0.0, 0.001)
     assert not fixed.due(5, 59.0) and fixed.due(6, 60.0) and fixed.due(100, 1.0)
 
-
-def make_trial(exp, name: str, newest: int):
-    """A trial as the janitor sees it: its storage folder with checkpoints 0..newest."""
-    from types import SimpleNamespace
-
-    from ray.tune import Checkpoint
-
-    trial_dir = exp / name
-    for i in range(newest + 1):
-        (trial_dir / f"checkpoint_{i:06d}").mkdir(parents=True, exist_ok=True)
-    return SimpleNamespace(path=str(trial_dir),
-                           checkpoint=Checkpoint(str(trial_dir / f"checkpoint_{newest:06d}")))
-
-
-def saved(exp, janitor_state: dict) -> None:
-    """Ray's callback-state file in storage, as one of its snapshot syncs writes it."""
-    import pickle
-
-    (exp / "callback-states-2026-11-27_10-00-00.pkl").write_bytes(
-        pickle.dumps({0: None, 1: janitor_state}))
-
-
-def checkpoints(exp, name: str) -> list[str]:
-    return sorted(p.name for p in (exp / name).iterdir())
-
-
-def test_janitor_deletes_only_what_a_fully_stored_snapshot_no_longer_names(tmp_path):
-    from search.record.checkpoint_janitor import CheckpointJanitor
-
-    exp = tmp_path / "exp"
-    janitor = CheckpointJanitor()
-    trials = [make_trial(exp, "a", 1)]
-    janitor.on_step_begin(0, trials)
-    saved(exp, janitor.get_state())  # snapshot 1 names a/1, and reaches storage
-    trials[0] = make_trial(exp, "a", 3)
-    janitor.on_step_begin(1, trials)
-    state = janitor.get_state()  # snapshot 2 names a/3; its sync has not begun
-    # Storage shows snapshot 1 only: the sync that wrote it may still be running.
-    assert checkpoints(exp, "a") == [f"checkpoint_{i:06d}" for i in range(4)]
-    saved(exp, state)  # snapshot 2's sync begins: snapshot 1's has finished
-    janitor.get_state()
-    # Everything older than what snapshot 1 named goes; a/1 stays: it is the one that
-    # storage may still name until snapshot 2 is known to be complete.
-    assert checkpoints(exp, "a") == ["checkpoint_000001", "checkpoint_000002",
-                                     "checkpoint_000003"]
-    janitor.on_experiment_end(trials)  # after Ray's last, awaited snapshot
-    assert checkpoints(exp, "a") == ["checkpoint_000003"]
-
-
-def test_janitor_state_pickles_without_trials_and_keeps_counting_after_restore(tmp_path):
-    import pickle
-
-    from search.record.checkpoint_janitor import CheckpointJanitor
-
-    janitor = CheckpointJanitor()
-    janitor.on_step_begin(0, [make_trial(tmp_path, "a", 0)])
-    state = janitor.get_state()
-    restored = pickle.loads(pickle.dumps(janitor))
-    assert restored._trials == [] and restored._noted == {}
-    restored.set_state(state)
-    assert restored.get_state()["checkpoint_janitor_snapshot"] == 2

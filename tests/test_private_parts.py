@@ -46,14 +46,14 @@ def test_optuna_search_keeps_its_study_and_trials_where_ours_reads_them():
     assert "t1" in searcher._ot_trials
 
 
-def test_rays_callback_state_file_name_is_the_one_the_janitor_reads():
-    from ray.tune.callback import CallbackList
+def test_rays_experiment_state_file_name_is_the_one_the_janitor_reads():
+    from ray.tune.execution.tune_controller import TuneController
 
-    template = needs(CallbackList, "CKPT_FILE_TMPL",
-                     "search/record/checkpoint_janitor.py (CheckpointJanitor "
-                     "reads back the snapshot number Ray stored)")
-    assert template.format("2026-11-27_10-00-00").startswith("callback-states-")
-    assert template.endswith(".pkl")
+    template = needs(TuneController, "CKPT_FILE_TMPL",
+                     "search/record/checkpoint_janitor.py (CheckpointJanitor finds the "
+                     "experiment state Ray stored, the one a resume reads)")
+    assert template.format("2026-11-27_10-00-00").startswith("experiment_state-")
+    assert template.endswith(".json")
 
 
 @pytest.mark.parametrize("name", ["TUNE_GLOBAL_CHECKPOINT_S", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS",
