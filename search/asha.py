@@ -34,6 +34,21 @@ class RungState(Callback):
         # The same object as the Tuner's scheduler: both are pickled in one tuner.pkl, so
         # they are still one object after a restore.
         self.scheduler = scheduler
+        self._checked = False
+
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        """At a resumed search's first step, forget the rung records of trials Ray's
+        restored experiment state does not have. Ray's snapshots are not atomic: storage
+        may hold this callback state from a snapshot newer than the experiment state,
+        with trials started in between, which `--resume` does not run."""
+        if self._checked:
+            return
+        self._checked = True
+        known = {t.trial_id for t in trials}
+        for bracket in self.scheduler._brackets:
+            for _, recorded in bracket._rungs:
+                for trial_id in [t for t in recorded if t not in known]:
+                    del recorded[trial_id]
 
     def get_state(self) -> dict[str, Any]:
         return {

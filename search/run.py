@@ -10,7 +10,8 @@ import argparse
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from search.record.tracking import (
     REDACTED,
     TrackingCallback,
     check_tracking_uri,
+    error_line,
     mlflow_settings,
     redact,
     search_params,
@@ -46,6 +48,7 @@ from search.trial.trainable import result_checkpoint, run_trial
 log = logging.getLogger("search")
 SAVED_CONFIG = "search.yaml"  # the resolved config, next to Ray's experiment state
 BEST_CONFIG = "best.yaml"
+FAIL_DRAIN_S = 30.0  # a failed driver's wait for MLflow before it exits
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -83,7 +86,7 @@ def resolve(args: argparse.Namespace) -> tuple[SearchConfig, str, str]:
                                "config")
     else:
         cfg = config_.load(args.config, what + where)
-    storage = args.storage_path or str(Path("runs").resolve())
+    storage = storage_path(args.storage_path)
     local = "://" not in storage
     if local and Path(storage).exists() and not Path(storage).is_dir():
         raise ConfigError(f"--storage-path {storage}: exists and is not a folder")
@@ -96,15 +99,20 @@ def resolve(args: argparse.Namespace) -> tuple[SearchConfig, str, str]:
                            key=lambda p: p.stat().st_mtime)
             name = found[-1].parent.name if found else stem
         path = f"{storage}/{name}"
-        if not tune.Tuner.can_restore(path):
+        if not (tune.Tuner.can_restore(path) or (local and Path(path, SAVED_CONFIG).exists())):
             raise ConfigError(f"--resume: no search to resume at {path}")
         if local:  # the interrupted search's own config, so trials stay comparable
             saved = Path(path, SAVED_CONFIG)
-            cfg = config_.validate(
-                SearchConfig, config_.apply_overrides(config_.read_yaml(saved), where), path)
+            # Where the study lives may be given again too: its password is not stored.
+            secret = [o for o in what if o.startswith("search.optuna_storage=")]
+            cfg = config_.validate(SearchConfig, config_.apply_overrides(
+                config_.read_yaml(saved), where + secret), path)
             if REDACTED in (cfg.mlflow.tracking_uri or ""):
                 raise ConfigError("--resume: the tracking URI's credentials are not stored; "
                                   "pass --tracking-uri again")
+            if REDACTED in (cfg.search.optuna_storage or ""):
+                raise ConfigError("--resume: search.optuna_storage's credentials are not "
+                                  "stored; pass --set search.optuna_storage=URL again")
     else:
         name = name or config_.check_name(f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}",
                                           "the config file's name (pick one with --name)")
@@ -123,12 +131,31 @@ def resolve(args: argparse.Namespace) -> tuple[SearchConfig, str, str]:
     return cfg.model_copy(update={"name": name}), storage, name
 
 
+def storage_path(given: str | None) -> str:
+    """Where Ray keeps searches, spelled one way: a folder as its absolute path (`runs`,
+    `./runs/` and `/abs/runs` are one storage, one search, one parent run in MLflow), a URI
+    without a trailing slash."""
+    if given and "://" in given:
+        return given.rstrip("/")
+    return str(Path(given or "runs").expanduser().resolve())
+
+
 def public(cfg: SearchConfig) -> dict:
     """The config as logged and saved: credentials in the tracking URI removed."""
     raw = cfg.model_dump(mode="json")
     if raw["mlflow"]["tracking_uri"]:
         raw["mlflow"]["tracking_uri"] = redact(raw["mlflow"]["tracking_uri"])
+    if raw["search"]["optuna_storage"]:
+        raw["search"]["optuna_storage"] = redact(raw["search"]["optuna_storage"])
     return raw
+
+
+def snapshot_taken(path: str) -> bool:
+    """Whether Ray saved the state of the search at `path` (a local folder, or a URI that
+    Ray can restore from): a search killed before that has nothing to restore."""
+    if "://" in path:
+        return tune.Tuner.can_restore(path)
+    return tune.Tuner.can_restore(path) and any(Path(path).glob("experiment_state-*.json"))
 
 
 def local_folder(storage: str, name: str) -> Path:
@@ -214,6 +241,7 @@ def build_tuner(cfg: SearchConfig, storage: str, name: str, tracking: TrackingCa
                 Progress(s.metric, s.mode, cfg.train.epochs, s.num_samples),
                 # ASHA's rungs in Ray's experiment checkpoint, so --resume keeps them.
                 *([RungState(scheduler)] if cfg.scheduler.name == "asha" else []),
+                optuna_search.KnownTrials(searcher),  # the study's trials, as Ray's
                 results.PreloadTheEnd(model_logging=bool(cfg.mlflow.register_as)),
                 # Multi-worker trials: their workers' placement groups freed as they end.
                 *([placement.ReleaseWorkers()] if cfg.resources.distributed else []),
@@ -276,7 +304,22 @@ def run_search(config: str | Path | SearchConfig, overrides: Sequence[str] = (),
     args = argparse.Namespace(config=config, set=list(overrides), num_samples=None, name=name,
                               address=address, storage_path=storage_path,
                               tracking_uri=tracking_uri, resume=resume, verbose=verbose)
-    return search(args)
+    with environ_kept():
+        return search(args)
+
+
+@contextmanager
+def environ_kept() -> Iterator[None]:
+    """`os.environ` as it was, afterwards: the libraries' settings a search makes
+    (`library_settings`), and MLflow's own writes (`mlflow.set_tracking_uri` sets
+    MLFLOW_TRACKING_URI, credentials included), end with the search."""
+    before = dict(os.environ)
+    try:
+        yield
+    finally:
+        for key in [k for k in os.environ if k not in before]:
+            del os.environ[key]
+        os.environ.update(before)
 
 
 def search(args: argparse.Namespace) -> SearchResult:
@@ -291,39 +334,63 @@ def search(args: argparse.Namespace) -> SearchResult:
     check_tracking_uri(tracking_uri, register=bool(cfg.mlflow.register_as))
     ship = user_code.to_ship(cfg)
     tracking = tracking_callback(cfg, storage, name, tracking_uri)
-    tracker = tracking.open()  # imports MLflow in its writer thread while Ray starts
     started_ray = not ray.is_initialized()
     if started_ray and cfg.ray.address is None:  # Ray will start here: its size is known
         cluster.check_local_resources(cfg.resources)
-    cluster.connect(cfg.ray.address, preload=cfg.data, ship=ship)
+    tracker = tracking.open()  # imports MLflow in its writer thread while Ray starts
     try:
+        cluster.connect(cfg.ray.address, preload=cfg.data, ship=ship)
         fits = cluster.check_resources(cfg.resources)
         if fits is not None and fits < cfg.search.max_concurrent:
             log.info("search.max_concurrent %d: the cluster has room for %d trials of %d "
                      "workers at once", cfg.search.max_concurrent, fits,
                      cfg.resources.workers_per_trial)
         tracker.start()  # the search will run: now MLflow may be written to
-        return _fit(args, cfg, storage, name, tracking, tracker, tracking_uri, fits)
+        tracker.wait_open()  # a search is not run untracked
+        try:
+            return _fit(args, cfg, storage, name, tracking, tracker, tracking_uri, fits)
+        except BaseException as e:
+            # The parent run says why, and what is queued goes out in bounded time.
+            tracker.fail_search(reason=driver_error(e))
+            raise
     finally:
-        if started_ray:
+        tracker.close(timeout_s=FAIL_DRAIN_S)  # delivered already on success: returns at once
+        if started_ray and ray.is_initialized():
             cluster.disconnect()
+
+
+def driver_error(e: BaseException) -> str:
+    """The driver's failure in one line, with its type: `RuntimeError: ...` (the line Ray
+    wraps into a TuneError's traceback, when it is one)."""
+    line = error_line(e) if str(e) else ""
+    head = line.split(":", 1)[0]
+    if head.isidentifier() and head.endswith(("Error", "Exception", "Missing")):
+        return line
+    return f"{type(e).__name__}: {line}".rstrip(": ")
 
 
 def _fit(args, cfg: SearchConfig, storage: str, name: str, tracking: TrackingCallback,
          tracker, tracking_uri: str, fits: int | None) -> SearchResult:
     path = f"{storage}/{name}"
-    if args.resume:
+    if args.resume and snapshot_taken(path):
         # Ray restores the searcher (with its Optuna study) and the callbacks' state; the
         # scheduler comes back as configured, and RungState refills its rungs (search/asha.py).
+        if "://" in (cfg.search.optuna_storage or ""):  # its password, for the unpickled study
+            optuna_search.remember(cfg.search.optuna_storage)
         tuner = tune.Tuner.restore(path, trainable=trainable(cfg, path))
-    else:
-        tuner = build_tuner(cfg, storage, name, tracking, args.verbose, max_concurrent=fits)
-        if "://" not in storage:
+    else:  # a new search, or one killed before Ray saved any state: started (again)
+        if "://" not in storage:  # first, so that a search killed from here on resumes
             Path(path).mkdir(parents=True, exist_ok=True)
             Path(path, SAVED_CONFIG).write_text(yaml.safe_dump(public(cfg), sort_keys=False))
+        tuner = build_tuner(cfg, storage, name, tracking, args.verbose, max_concurrent=fits)
     log.info("search %s: %d trials, results in %s, MLflow at %s", name,
              cfg.search.num_samples, path, redact(tracking_uri))
     grid = tuner.fit()
+
+    end_by = time.monotonic() + DRAIN_S  # all of the end's waits for MLflow together
+
+    def left() -> float:
+        return max(0.0, end_by - time.monotonic())
 
     rows = results.summarize(grid, cfg)
     best = next((r for r in rows if r.outcome in ("completed", "pruned")), None)
@@ -335,7 +402,9 @@ def _fit(args, cfg: SearchConfig, storage: str, name: str, tracking: TrackingCal
         best_yaml = folder / BEST_CONFIG
         text = results.write_best_yaml(cfg, best, best_yaml)
         if cfg.mlflow.register_as and result_checkpoint(best.result) is not None:
-            tracker.drain(timeout_s=DRAIN_S)  # the best trial's run must exist
+            if not tracker.drain(timeout_s=left()):  # the best trial's run must exist
+                raise RuntimeError(f"MLflow: {tracker.pending} writes not delivered in "
+                                   f"{DRAIN_S:.0f} s; the champion was not registered")
             version = results.register_champion(
                 tracker, best, cfg.mlflow.register_as, trial_config(cfg, best.result.config),
                 results.model_description(cfg, best, best_yaml))
@@ -355,8 +424,7 @@ def _fit(args, cfg: SearchConfig, storage: str, name: str, tracking: TrackingCal
                        plots=str(folder / "plots") if pictures.paths else None)
     else:
         tracker.fail_search(failed)
-    if not tracker.drain(timeout_s=DRAIN_S):
-        log.warning("%d MLflow writes could not be delivered", tracker.pending)
+    tracker.close(timeout_s=left())
     results.print_summary(rows, cfg, best_yaml, tracking_uri, tracker.experiment_id,
                           pictures.importances)
     return SearchResult(

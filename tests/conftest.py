@@ -58,3 +58,16 @@ def search(tmp_path_factory):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     mlflow.set_tracking_uri(f"sqlite:///{cwd / 'mlflow.db'}")
     return cwd, proc.stdout, MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A Ray for this module's in-process runs, unless one is running already."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="error")
+    yield
+    if started:
+        ray.shutdown()

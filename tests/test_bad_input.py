@@ -136,6 +136,25 @@ def test_existing_name_without_resume_is_refused(tmp_path, monkeypatch, capsys, 
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_an_experiment_in_mlflows_trash_stops_the_search_before_any_trial(
+        tmp_path, monkeypatch, capsys, local_ray):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "conf.yaml").write_text(GOOD)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client.delete_experiment(client.create_experiment("binned"))
+    capsys.readouterr()  # MLflow's own lines as this test made the store
+    with pytest.raises(SystemExit) as exit_:
+        run_main(lambda: main(["conf.yaml", "--name", "binned"]))
+    assert exit_.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: mlflow.experiment binned: deleted (in MLflow's trash)")
+    assert not list((tmp_path / "runs").glob("binned/trial_*"))  # no trial ran
+    assert client.search_runs([client.get_experiment_by_name("binned").experiment_id],
+                              run_view_type=3) == []  # ViewType.ALL: nothing was made
+
+
 def test_gpu_trial_on_gpuless_local_ray_is_one_line(tmp_path):
     (tmp_path / "conf.yaml").write_text(GOOD + "resources: {gpus_per_trial: 1}\n")
     proc = run_module("search.run", "conf.yaml", cwd=tmp_path, timeout=120)

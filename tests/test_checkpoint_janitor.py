@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pyarrow.fs
 import pytest
-import ray
 from ray import tune
 from ray.tune.callback import CallbackList
 
@@ -53,16 +52,6 @@ class KeepTrials(tune.Callback):
 
 def trial_dirname(trial) -> str:
     return trial.config["trial"]["name"]
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="error")
-    yield
-    if started:
-        ray.shutdown()
 
 
 def experiment_states(exp: Path) -> list[Path]:

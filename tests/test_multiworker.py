@@ -73,16 +73,6 @@ def test_config_refuses_what_cannot_be_sharded(raw, message):
 # ---------------------------------------------------------------- real Ray Train runs
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="error")
-    yield
-    if started:
-        ray.shutdown()
-
-
 def digits_mlp(epochs: int, shard_state: bool = False) -> TrialConfig:
     # No dropout, no batch norm: a rank's forward on its part of a batch is exactly what a
     # single process computes on those rows. 64 wide on digits' 64 pixels: two 64x64 weight

@@ -280,3 +280,33 @@ scheduler: {name: fifo}
     state = max((tmp_path / "runs" / "g").glob("searcher-state-*.pkl"))
     study = pickle.loads(state.read_bytes())["_ot_study"]
     assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]
+
+
+def test_no_database_password_is_stored_and_resume_asks_for_it(tmp_path, postgres):
+    # The Optuna study in PostgreSQL, through a URL with a password (the trust-auth test
+    # server ignores it): Ray pickles the searcher, and its storage, into the search folder.
+    url = postgres.replace("postgres@", "postgres:s3cret@")
+    (tmp_path / "conf.yaml").write_text("""
+data: {dataset: digits}
+model: {name: mlp}
+train: {epochs: 1}
+search: {num_samples: 2, max_concurrent: 1}
+scheduler: {name: fifo}
+""")
+    first = run_module("search.run", "conf.yaml", "--name", "p",
+                       "--set", f"search.optuna_storage={url}", cwd=tmp_path)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+
+    def leaked() -> list[str]:
+        return [str(f) for f in (tmp_path / "runs").rglob("*")
+                if f.is_file() and b"s3cret" in f.read_bytes()]
+
+    assert leaked() == [] and b"s3cret" not in (tmp_path / "mlflow.db").read_bytes()
+    asked = run_module("search.run", "conf.yaml", "--name", "p", "--resume", cwd=tmp_path)
+    assert asked.returncode == 2
+    assert "pass --set search.optuna_storage=URL again" in asked.stderr
+    again = run_module("search.run", "conf.yaml", "--name", "p", "--resume",
+                       "--set", f"search.optuna_storage={url}", cwd=tmp_path)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "search p: 2 trials: 2 completed" in again.stdout
+    assert leaked() == [] and "s3cret" not in again.stdout + again.stderr

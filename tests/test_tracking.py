@@ -16,7 +16,8 @@ def tracker(tmp_path):
                 {"train.epochs": "3"})
     t.start()
     assert t.drain(timeout_s=60)
-    return t
+    yield t
+    t.close(timeout_s=5)
 
 
 def history(t: Tracker, trial_id: str) -> list[tuple[int, float]]:
@@ -152,3 +153,138 @@ def test_the_pickled_tracking_callback_holds_no_credentials():
     assert b"s3cret" not in saved
     assert pickle.loads(saved).tracking_uri == "http://***@127.0.0.1:5000"
     assert callback.tracking_uri.startswith("http://alice:s3cret@")  # the live one keeps it
+
+
+# ---------------------------------------------------------------- issue 25: a tracker that
+# fails loudly, never blocks, and sends each point once
+
+
+def all_steps(t: Tracker, trial_id: str, key: str = "val_acc") -> list[int]:
+    return sorted(m.step for m in t.client.get_metric_history(t.children[trial_id], key))
+
+
+def test_two_updates_of_one_epoch_in_one_batch_go_out_once(tracker):
+    tracker.start_trial("a", "a", {"lr": 0.1})
+    assert tracker.drain(timeout_s=30)
+    with tracker._cv:  # both queued before the writer looks: one batch
+        tracker.log_epoch("a", {"epoch": 1, "val_acc": 0.5})
+        tracker.log_epoch("a", {"epoch": 1, "val_acc": 0.6})  # a replay of epoch 1
+    assert tracker.drain(timeout_s=30)
+    assert history(tracker, "a") == [(1, 0.5)]
+
+
+def test_a_failed_chunk_does_not_send_the_delivered_ones_again(tracker):
+    tracker.start_trial("a", "a", {"lr": 0.1})
+    assert tracker.drain(timeout_s=30)
+    real, calls = tracker.client.log_batch, []
+
+    def second_fails_once(run_id, **kw):
+        calls.append(len(kw.get("metrics", [])))
+        if len(calls) == 2:
+            raise ConnectionError("connection reset by peer")
+        return real(run_id, **kw)
+
+    tracker.client.log_batch = second_fails_once
+    every = {k: 0.5 for k in ("train_loss", "val_loss", "val_acc", "lr", "epoch_s",
+                              "images_per_s")}
+    with tracker._cv:  # 250 epochs x 6 metrics: two chunks of at most 1000 metrics
+        for epoch in range(1, 251):
+            tracker.log_epoch("a", {"epoch": epoch, **every})
+    assert tracker.drain(timeout_s=RETRY_S + 60)
+    assert calls[0] == 996 and len(calls) == 3  # 166 whole epochs; the retry: the rest
+    for key in every:
+        assert all_steps(tracker, "a", key) == list(range(1, 251))
+
+
+def test_a_write_that_can_never_succeed_is_dropped_with_one_line(tracker, caplog):
+    tracker.start_trial("a", "a", {"lr": 0.1})
+    # A folder that does not exist: FileNotFoundError is an OSError, but no retry helps.
+    tracker.submit(lambda: tracker.client.log_artifact(tracker.parent_run_id,
+                                                       "/nonexistent/plot.png"))
+    tracker.log_epoch("a", {"epoch": 1, "val_acc": 0.5})
+    with caplog.at_level(logging.ERROR, logger="search.record.tracking"):
+        assert tracker.drain(timeout_s=RETRY_S / 2)  # not retried after RETRY_S
+    assert history(tracker, "a") == [(1, 0.5)]
+    assert "MLflow write dropped: FileNotFoundError" in caplog.text
+
+
+def test_a_write_that_keeps_failing_gets_a_bounded_number_of_tries(tracker, caplog,
+                                                                   monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    from search.record import tracking
+
+    monkeypatch.setattr(tracking, "RETRY_S", 0.05)
+    monkeypatch.setattr(tracking, "ATTEMPTS", 3, raising=False)
+    tries = []
+
+    def always_500() -> None:  # MLflow's default code: counted as a server error
+        tries.append(1)
+        raise MlflowException("the store broke")
+
+    tracker.submit(always_500)
+    tracker.start_trial("a", "a", {"lr": 0.1})
+    with caplog.at_level(logging.ERROR, logger="search.record.tracking"):
+        assert tracker.drain(timeout_s=20)
+    assert len(tries) == 3
+    assert "MLflow write dropped after 3 tries: MlflowException: the store broke" in caplog.text
+    assert "a" in tracker.children  # the writes behind it went out
+
+
+def test_errors_are_classified_by_what_a_retry_can_change():
+    import requests
+    from mlflow.exceptions import MlflowException, RestException
+
+    assert transient(requests.exceptions.ConnectionError("refused"))
+    assert transient(TimeoutError("timed out"))
+    assert transient(RestException({"error_code": "TEMPORARILY_UNAVAILABLE", "message": "x"}))
+    assert transient(RestException({"error_code": "REQUEST_LIMIT_EXCEEDED", "message": "x"}))  # 429
+    assert not transient(RestException({"error_code": "RESOURCE_DOES_NOT_EXIST",
+                                        "message": "x"}))  # 404
+    assert not transient(RestException({"error_code": "BAD_REQUEST", "message": "x"}))  # 400
+    assert not transient(FileNotFoundError("/nonexistent"))
+    assert not transient(PermissionError("read-only"))
+    assert transient(MlflowException("API request to http://127.0.0.1:1 failed with exception"))
+
+
+def test_a_parent_run_that_cannot_be_opened_is_fatal_before_any_trial(tmp_path):
+    from search.config import ConfigError
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    client.delete_experiment(client.create_experiment("exp"))  # in the UI's trash
+    t = Tracker(uri, "exp", str(tmp_path / "s"), "s", {})
+    t.start()
+    with pytest.raises(ConfigError, match="mlflow.experiment exp: deleted"):
+        t.wait_open(timeout_s=60)
+    t.close(timeout_s=5)
+
+
+def test_a_closed_tracker_stops_its_thread_and_leaves_the_registry(tmp_path):
+    from search.record import tracking
+
+    callback = tracking.TrackingCallback(f"sqlite:///{tmp_path / 'mlflow.db'}", "e",
+                                         str(tmp_path / "runs" / "x"), "x", {}, 3)
+    t = callback.open()
+    t.start()
+    assert t.drain(timeout_s=60) and tracking._open_trackers
+    assert callback.close(timeout_s=30)
+    assert tracking._open_trackers == {}
+    assert not t._thread.is_alive()
+
+
+def test_a_snapshot_does_no_mlflow_io(tracker):
+    import threading
+
+    from search.record.tracking import TrackingCallback
+
+    callback = TrackingCallback(tracker.tracking_uri, "exp", "s", "s", {}, 3)
+    callback.tracker = tracker
+    blocked = threading.Event()
+    tracker.submit(lambda: blocked.wait(30))  # a slow MLflow write in the queue
+    done = threading.Event()
+    threading.Thread(target=lambda: (callback.get_state(), done.set()), daemon=True).start()
+    try:
+        assert done.wait(5), "get_state waited for MLflow"
+    finally:
+        blocked.set()

@@ -19,13 +19,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ray import tune
 
-from search.config import SearchConfig
-from search.record import sqlite_schema
+from search.config import ConfigError, SearchConfig
+from search.record import reconcile, sqlite_schema
+from search.record.reconcile import Restored
 
 # Re-exported: the names of the MLflow store as every command uses them.
 from search.record.store import (  # noqa: F401
@@ -49,6 +50,13 @@ NOTE_TAG = "mlflow.note.content"  # a run's Markdown description in the MLflow U
 SEARCH_TAG = "search.dir"  # identifies a search's parent run across restarts
 DRAIN_S = 300.0  # at the end, how long to wait for a tracking server to come back
 RETRY_S = 3.0  # pause between delivery attempts while the tracking server is down
+ATTEMPTS = 100  # tries of one write (RETRY_S apart: 5 minutes) before it is dropped
+OPEN_S = 60.0  # how long a search waits for its parent run before it gives up
+# OSErrors that no retry changes: a local file or folder missing, or not ours to read.
+PERMANENT_OS_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError,
+                       NotADirectoryError, PermissionError)
+
+
 def error_line(error: Any) -> str:
     """The line of an error that says what went wrong: the exception's own line, not the
     traceback Ray wraps around it."""
@@ -101,11 +109,29 @@ def outcome(metrics: dict[str, Any], epochs: int, error: bool) -> str:
 
 
 def transient(error: Exception) -> bool:
-    """Whether a failed MLflow write may succeed later: the server or network was down."""
-    if isinstance(error, OSError):  # requests' connection errors are OSErrors
+    """Whether a failed MLflow write may succeed later: the server or the network was down
+    (a refused or broken connection, a timeout, a 5xx) or asked us to slow down (429). A
+    4xx, a local file that is missing, or any other error would fail the same way again.
+    MLflow's REST client reports a connection failure, and a 5xx it gave up retrying, as
+    an MlflowException with its default code INTERNAL_ERROR (500): counted as transient,
+    and bounded by ATTEMPTS like every retry."""
+    if isinstance(error, PERMANENT_OS_ERRORS):
+        return False
+    if isinstance(error, OSError):  # requests' connection errors and timeouts are OSErrors
         return True
-    status = getattr(error, "get_http_status_code", None)
-    return status is not None and status() >= 500
+    code = getattr(error, "error_code", None)
+    if not isinstance(code, str):
+        return False
+    from mlflow.exceptions import ERROR_CODE_TO_HTTP_STATUS
+
+    status = ERROR_CODE_TO_HTTP_STATUS.get(code)  # a code it does not map (INVALID_STATE): 4xx
+    return status is not None and (status >= 500 or status == 429)
+
+
+def end_tags(how: str, error: str | None = None, epoch: int | None = None) -> dict[str, str]:
+    """The tags a trial's run ends with: its outcome, the error's line, the pruned epoch."""
+    return {"outcome": how, **({"error": error[:5000]} if error else {}),
+            **({"pruned_at_epoch": str(epoch)} if how == "pruned" and epoch else {})}
 
 
 @dataclass(frozen=True)
@@ -121,6 +147,21 @@ class RunUpdate:
 
 
 Job = Callable[[], None] | RunUpdate
+BATCH_METRICS = 1000  # MLflow's limit of metrics in one log_batch
+
+
+def whole_epochs(updates: list[RunUpdate]) -> list[list[RunUpdate]]:
+    """Updates in chunks of at most BATCH_METRICS metrics, an epoch never split: a chunk
+    delivered is a set of epochs logged whole. Always one chunk (for the tags), maybe empty."""
+    chunks: list[list[RunUpdate]] = [[]]
+    size = 0
+    for u in updates:
+        if chunks[-1] and size + len(u.metrics) > BATCH_METRICS:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(u)
+        size += len(u.metrics)
+    return chunks
 
 
 class Tracker:
@@ -130,30 +171,53 @@ class Tracker:
     (and through it every trial, which waits for the driver after each report) never
     waits for MLflow. The first job opens the search's runs, and imports MLflow: it runs
     while Ray starts. Epoch metrics queued while the writer was busy go out as one
-    `log_batch` per run. A write that fails (server down) stays at the head of the queue
-    and is retried every RETRY_S seconds; `drain` waits for the queue to empty.
+    `log_batch` per run, each epoch once. A write that fails transiently (server down)
+    stays at the head of the queue and is tried again every RETRY_S seconds, ATTEMPTS
+    times at most; one that would fail again is dropped at once, with one line.
     """
 
     def __init__(self, tracking_uri: str, experiment: str, search_dir: str, run_name: str,
                  params: dict[str, str], config_yaml: str = "") -> None:
         self.tracking_uri = tracking_uri
+        self.search_dir = search_dir
         self.client: MlflowClient | None = None  # set by the first job
         self.experiment_id = ""
         self.parent_run_id = ""
+        self.resumed = False  # the parent run was there: a resumed search
         self.children: dict[str, str] = {}  # trial id -> run id
         self.logged_steps: dict[str, set[int]] = {}  # trial id -> epochs already logged
         self._jobs: deque[Job] = deque()
         self._busy = False
+        self._stop = False
         self._cv = threading.Condition()
         self._warned = False
         self._started = threading.Event()
-        self.submit(lambda: self._open(experiment, search_dir, run_name, params, config_yaml))
-        threading.Thread(target=self._deliver_forever, name="mlflow-writer", daemon=True).start()
+        self._opened = threading.Event()
+        self._open_error: Exception | None = None
+        self._failing: list[Job] = []  # the jobs being delivered: dropped if they fail
+        self._open_job = lambda: self._open(experiment, run_name, params, config_yaml)
+        self.submit(self._open_job)
+        self._thread = threading.Thread(target=self._deliver_forever, name="mlflow-writer",
+                                        daemon=True)
+        self._thread.start()
 
     def start(self) -> None:
         """Begin writing. Until then the writer only imports MLflow: a search refused
         before it starts (bad input, a trial no node can run) leaves nothing in MLflow."""
         self._started.set()
+
+    def wait_open(self, timeout_s: float = OPEN_S) -> None:
+        """Return once the search's parent run is open; raise ConfigError, with the reason
+        in one line, if it cannot be: a search is not run untracked."""
+        if not self._opened.wait(timeout_s):
+            raise ConfigError(f"mlflow.tracking_uri {redact(self.tracking_uri)}: the "
+                              f"search's run could not be opened in {timeout_s:.0f} s")
+        if self._open_error is not None:
+            e = self._open_error
+            raise ConfigError(str(e) if isinstance(e, ConfigError) else
+                              f"mlflow.tracking_uri {redact(self.tracking_uri)}: the "
+                              f"search's run could not be opened: {type(e).__name__}: "
+                              f"{(str(e).splitlines() or [''])[0][:300]}")
 
     @property
     def pending(self) -> int:
@@ -161,8 +225,8 @@ class Tracker:
         with self._cv:
             return len(self._jobs) + self._busy
 
-    def _open(self, experiment: str, search_dir: str, run_name: str,
-              params: dict[str, str], config_yaml: str) -> None:
+    def _open(self, experiment: str, run_name: str, params: dict[str, str],
+              config_yaml: str) -> None:
         """Find the search's parent run (a resumed search) with its children, or create it."""
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
@@ -170,14 +234,17 @@ class Tracker:
         sqlite_schema.prepare(self.tracking_uri)  # a new SQLite store: copied, not migrated
         client = MlflowClient(self.tracking_uri)
         exp = client.get_experiment_by_name(experiment)
+        if exp is not None and exp.lifecycle_stage == "deleted":
+            raise ConfigError(f"mlflow.experiment {experiment}: deleted (in MLflow's trash); "
+                              "restore it in the MLflow UI, or pick another name with "
+                              "--set mlflow.experiment=NAME")
         experiment_id = exp.experiment_id if exp else client.create_experiment(experiment)
-        found = client.search_runs(
-            [experiment_id], filter_string=f"tags.`{SEARCH_TAG}` = '{search_dir}'", max_results=1
-        )
+        found = client.search_runs([experiment_id], max_results=1,
+                                   filter_string=f"tags.`{SEARCH_TAG}` = '{self.search_dir}'")
         parent = found[0] if found else None
         if parent is None:
             parent = client.create_run(experiment_id, run_name=run_name,
-                                       tags={SEARCH_TAG: search_dir, "role": "search"})
+                                       tags={SEARCH_TAG: self.search_dir, "role": "search"})
             items = [Param(k, v[:6000]) for k, v in params.items()]
             for i in range(0, len(items), 100):  # MLflow takes at most 100 params a batch
                 client.log_batch(parent.info.run_id, params=items[i : i + 100])
@@ -185,19 +252,28 @@ class Tracker:
                 client.log_text(parent.info.run_id, config_yaml, "config.yaml")
         self.client, self.experiment_id = client, experiment_id
         self.parent_run_id = parent.info.run_id
+        self.resumed = bool(found)
         self._adopt_children()
+        self._opened.set()
 
     def _adopt_children(self) -> None:
-        runs = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'",
-            max_results=10000,
-        )
-        for run in runs:
+        for run in self._child_runs():
             trial_id = run.data.tags.get("trial_id")
             if trial_id:
                 self.children[trial_id] = run.info.run_id
-                history = self.client.get_metric_history(run.info.run_id, "val_acc")
-                self.logged_steps[trial_id] = {m.step for m in history}
+                self.logged_steps[trial_id] = self._steps(run)
+
+    def _child_runs(self) -> list:
+        return self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'",
+            max_results=10000)
+
+    def _steps(self, run) -> set[int]:
+        """The epochs a run holds (metrics of an epoch are logged together)."""
+        key = next((k for k in METRICS if k in run.data.metrics), None)
+        if key is None:
+            return set()
+        return {m.step for m in self.client.get_metric_history(run.info.run_id, key)}
 
     # ------------------------------------------------------------ the queue
 
@@ -211,15 +287,29 @@ class Tracker:
         with self._cv:
             return self._cv.wait_for(lambda: not self._jobs and not self._busy, timeout_s)
 
-    def settle(self) -> None:
-        """Deliver what is queued now, unless MLflow is down (then the queue waits)."""
+    def close(self, timeout_s: float) -> bool:
+        """Deliver what is queued, for `timeout_s` at most, then stop the writer thread and
+        leave the registry of open trackers. Whether everything was delivered."""
+        # Never started (the search was refused before it ran): nothing is to be written.
+        drained = self.drain(timeout_s) if self._started.is_set() else True
+        if not drained:
+            log.warning("%d MLflow writes could not be delivered", self.pending)
         with self._cv:
-            self._cv.wait_for(lambda: (not self._jobs and not self._busy) or self._warned)
+            self._stop = True
+            self._cv.notify_all()
+        self._started.set()  # a tracker closed before it started: its thread ends too
+        self._thread.join(timeout=RETRY_S + 15)  # a write in flight times out in 10 s
+        if _open_trackers.get(self.search_dir) is self:
+            del _open_trackers[self.search_dir]
+        return drained
 
     def _take(self) -> list[Job]:
-        """The next job, or every run update at the head of the queue together."""
+        """The next job, or every run update at the head of the queue together; none once
+        the tracker is closed."""
         with self._cv:
-            self._cv.wait_for(lambda: self._jobs)
+            self._cv.wait_for(lambda: self._jobs or self._stop)
+            if self._stop:
+                return []
             self._busy = True
             if not isinstance(self._jobs[0], RunUpdate):
                 return [self._jobs.popleft()]
@@ -232,31 +322,47 @@ class Tracker:
         import mlflow.tracking  # noqa: F401  (about 1 s: paid here, while Ray starts)
 
         self._started.wait()
-        while True:
-            group = self._take()
+        attempts = 0
+        while group := self._take():
+            size = len(group)
             try:
                 self._deliver(group)  # takes delivered jobs off `group` as it goes
                 failed = None
             except Exception as e:
                 failed = e
-            if failed is not None and not transient(failed):
-                # It would fail again: drop it rather than block every write behind it.
-                log.error("MLflow write dropped: %s: %s", type(failed).__name__,
-                          (str(failed).splitlines() or [""])[0])
-                group.pop(0)
+            if failed is None or len(group) < size:  # progress: a fresh budget
+                attempts = 0
+            attempts += failed is not None
+            retry = failed is not None and transient(failed) and attempts < ATTEMPTS
+            if failed is not None and not retry:
+                # It would fail again, or has failed ATTEMPTS times: drop it rather than
+                # block every write behind it.
+                dropped = self._failing or group[:1]
+                if self._open_job in dropped:  # fatal: `wait_open` says why, in one line
+                    self._open_error = failed
+                    self._opened.set()
+                else:
+                    log.error("MLflow write dropped%s: %s: %s",
+                              f" after {attempts} tries" if transient(failed) else "",
+                              type(failed).__name__,
+                              (str(failed).splitlines() or [""])[0][:300])
+                group = [job for job in group if job not in dropped]
+                attempts = 0
             elif failed is not None and not self._warned:
                 log.warning("MLflow unreachable, %d writes queued: %s",
                             len(group) + len(self._jobs), type(failed).__name__)
             with self._cv:
                 self._jobs.extendleft(reversed(group))  # undelivered: first in line
                 self._busy = False
-                self._warned = failed is not None and transient(failed)
+                self._warned = retry
                 self._cv.notify_all()
-            if self._warned:  # the server is down: try again in a while
-                time.sleep(RETRY_S)
+                if retry:  # the server is down: try again in a while
+                    self._cv.wait_for(lambda: self._stop, RETRY_S)
 
     def _deliver(self, group: list[Job]) -> None:
+        self._failing = []
         if not isinstance(group[0], RunUpdate):
+            self._failing = group[:1]
             group[0]()
             group.pop()
             return
@@ -266,17 +372,22 @@ class Tracker:
         for update in group:
             by_trial.setdefault(update.trial_id, []).append(update)
         for trial_id, updates in by_trial.items():
+            self._failing = updates
             steps = self.logged_steps.setdefault(trial_id, set())
-            fresh = [u for u in updates if u.step is not None and u.step not in steps]
-            metrics = [Metric(k, v, u.timestamp_ms, u.step)
-                       for u in fresh for k, v in u.metrics.items()]
+            fresh: dict[int, RunUpdate] = {}  # the first report of each epoch not yet logged
+            for u in updates:
+                if u.step is not None and u.step not in steps:
+                    fresh.setdefault(u.step, u)
             tags = [RunTag(k, v) for u in updates for k, v in u.tags.items()]
-            for i in range(0, max(len(metrics), 1), 1000):  # at most 1000 metrics a batch
-                self.client.log_batch(self.children[trial_id], metrics=metrics[i : i + 1000],
-                                      tags=tags if i == 0 else [])
-            steps.update(u.step for u in fresh)
+            for chunk in whole_epochs(list(fresh.values())):
+                metrics = [Metric(k, v, u.timestamp_ms, u.step)
+                           for u in chunk for k, v in u.metrics.items()]
+                self.client.log_batch(self.children[trial_id], metrics=metrics, tags=tags)
+                steps.update(u.step for u in chunk)  # delivered: never sent again
+                tags = []  # delivered with the first chunk
             for u in updates:
                 group.remove(u)
+        self._failing = []
 
     # ------------------------------------------------------------ trials
 
@@ -323,29 +434,76 @@ class Tracker:
     def end_trial(self, trial_id: str, how: str, error: str | None = None,
                   epoch: int | None = None) -> None:
         status = "FAILED" if how == "failed" else "FINISHED"
-        tags = {"outcome": how, **({"error": error[:5000]} if error else {}),
-                **({"pruned_at_epoch": str(epoch)} if how == "pruned" and epoch else {})}
-        self.submit(RunUpdate(trial_id, tags=tags))
+        self.submit(RunUpdate(trial_id, tags=end_tags(how, error, epoch)))
         self.submit(lambda: self.client.set_terminated(self.children[trial_id], status))
 
-    def keep_only(self, trial_ids: set[str]) -> None:
-        """Delete (softly) the runs of trials Ray does not know: trials a killed driver
-        started after its last saved experiment state, which `--resume` starts afresh under
-        new ids."""
+    def reconcile(self, trials: list[tuple[Restored, Callable[[], str]]]) -> None:
+        """On resume, make MLflow's child runs equal Ray's restored trials (search/record/
+        reconcile.py): each trial's restored record, with the text of its result.json
+        read by the callable (in this thread, not Tune's loop). Queued before the resumed
+        trials log anything; retried as a whole, since it plans from MLflow's state."""
+        self.submit(lambda: self._reconcile(trials))
 
-        def delete() -> None:
-            for trial_id in [t for t in self.children if t not in trial_ids]:
-                self.client.delete_run(self.children.pop(trial_id))
-                self.logged_steps.pop(trial_id, None)
+    def _reconcile(self, trials: list[tuple[Restored, Callable[[], str]]]) -> None:
+        from mlflow.entities import Metric, Param, RunTag
 
-        self.submit(delete)
+        if not self.resumed:
+            return
+        restored = {}
+        for trial, load in trials:
+            epochs, times, node = reconcile.read_record(load(), METRICS)
+            restored[trial.trial_id] = replace(trial, epochs=epochs, timestamps_ms=times,
+                                               node_id=node)
+        logged = [reconcile.Logged(r.info.run_id, r.data.tags.get("trial_id", ""),
+                                   frozenset(self._steps(r)), r.data.tags, r.info.status,
+                                   r.info.start_time or 0) for r in self._child_runs()]
+        todo = reconcile.plan(restored, logged)
+        children = dict(todo.keep)
+        for trial_id in todo.rebuild:  # a new run, from Ray's record alone
+            trial = restored[trial_id]
+            children[trial_id] = self.client.create_run(
+                self.experiment_id, run_name=trial.run_name,
+                tags={PARENT_TAG: self.parent_run_id, "trial_id": trial_id,
+                      **({"node_id": trial.node_id} if trial.node_id else {})}).info.run_id
+        for trial_id, run_id in children.items():
+            trial = restored[trial_id]
+            epochs = trial.epochs if trial_id in todo.rebuild else {
+                e: trial.epochs[e] for e in todo.fill.get(trial_id, ())}
+            params = [Param(k, fmt(v)) for k, v in trial.params.items()]
+            record = [RunUpdate(trial_id, e, values, timestamp_ms=trial.timestamps_ms.get(e, 0))
+                      for e, values in sorted(epochs.items())]
+            for chunk in whole_epochs(record):  # a retry finds each epoch whole or absent
+                self.client.log_batch(run_id, params=params, metrics=[
+                    Metric(k, v, u.timestamp_ms, u.step) for u in chunk
+                    for k, v in u.metrics.items()])
+                params = []
+            if trial.end is not None and (trial_id in todo.rebuild or trial_id in todo.end):
+                self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in trial.end.items()])
+                self.client.set_terminated(run_id, trial.status)
+        for run_id in todo.delete:  # last: a retry after a failure here finds the new runs
+            self.client.delete_run(run_id)
+        self.children = children
+        self.logged_steps = {t: set(restored[t].epochs) for t in children}
+        if todo.delete or todo.rebuild or todo.fill or todo.end:
+            log.info("MLflow brought back to the resumed search's record: %d runs made "
+                     "anew, %d deleted, %d completed", len(todo.rebuild), len(todo.delete),
+                     len(todo.fill) + len(todo.end))
 
     # ------------------------------------------------------------ the search
 
-    def fail_search(self, failed_trials: int) -> None:
-        """End the parent run as FAILED (no trial produced a model), never left RUNNING."""
-        self.submit(lambda: self.client.set_tag(self.parent_run_id, "failed_trials",
-                                                str(failed_trials)))
+    def fail_search(self, failed_trials: int | None = None, reason: str | None = None) -> None:
+        """End the parent run as FAILED (no trial produced a model, or the driver failed:
+        `reason`), never left RUNNING."""
+        tags = {**({"failed_trials": str(failed_trials)} if failed_trials is not None else {}),
+                **({"error": reason[:5000]} if reason else {})}
+
+        def tag() -> None:
+            from mlflow.entities import RunTag
+
+            self.client.log_batch(self.parent_run_id,
+                                  tags=[RunTag(k, v) for k, v in tags.items()])
+
+        self.submit(tag)
         self.submit(lambda: self.client.set_terminated(self.parent_run_id, "FAILED"))
 
     def rank_trials(self, ranked: list[str], champion: str | None) -> None:
@@ -435,10 +593,37 @@ class TrackingCallback(tune.Callback):
             self.tracker = _open_trackers[self.search_dir]
         return self.tracker
 
+    def close(self, timeout_s: float) -> bool:
+        """Deliver what is queued (for `timeout_s` at most) and end the Tracker's thread."""
+        return self.tracker.close(timeout_s) if self.tracker is not None else True
+
     def on_step_begin(self, iteration, trials, **info) -> None:
         if not self.reconciled:  # first step: a resumed search's trials are all here now
             self.reconciled = True
-            self.tracker.keep_only({t.trial_id for t in trials})
+            self.tracker.reconcile([self.restored(t) for t in trials])
+
+    def restored(self, trial) -> tuple[Restored, Callable[[], str]]:
+        """A trial as Ray restored it, and a reader of its result.json in storage (what
+        Ray's JsonLoggerCallback restores and appends to)."""
+        params = {**optimizer_params(trial.config), "workers": getattr(self, "workers", 1)}
+        last, end, status = trial.last_result or {}, None, "RUNNING"
+        if trial.status == "TERMINATED":
+            how = outcome(last, self.epochs, error=False)
+            end = end_tags(how, last.get("error"), last.get("epoch"))
+            status = "FAILED" if how == "failed" else "FINISHED"
+        elif trial.status == "ERROR":
+            end, status = end_tags("failed", error_line(trial.get_error())), "FAILED"
+        fs, path = trial.storage.storage_filesystem, f"{trial.path}/result.json"
+
+        def load() -> str:
+            try:
+                with fs.open_input_stream(path) as f:
+                    return f.read().decode("utf-8", "replace")
+            except FileNotFoundError:  # never synced: Ray's record has no epoch of it
+                return ""
+
+        return Restored(trial.trial_id, f"{trial.trial_id} {sample_line(params)}", params,
+                        end=end, status=status), load
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         params = optimizer_params(trial.config)
@@ -467,13 +652,11 @@ class TrackingCallback(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self.tracker.end_trial(trial.trial_id, "failed", error_line(trial.get_error()))
 
-    def get_state(self) -> None:
-        """Called as Ray snapshots the experiment: MLflow is brought up to date first, so
-        that a driver killed after the snapshot has left in MLflow every epoch and every
-        ended trial the snapshot knows of (`--resume` replays only what came after)."""
-        self.tracker.settle()
-        return None
-
     def on_experiment_end(self, trials, **info) -> None:
-        if not self.tracker.drain(timeout_s=DRAIN_S):
-            log.warning("%d MLflow writes could not be delivered", self.tracker.pending)
+        if not self.reconciled:  # a resumed search whose trials had all ended: no step ran
+            self.reconciled = True
+            self.tracker.reconcile([self.restored(t) for t in trials])
+
+    # No `get_state`: Ray snapshots the experiment without waiting for MLflow. A resumed
+    # search reconciles MLflow with what the snapshot stored (`reconcile`), and the
+    # driver drains the queue at the end (search/run.py).

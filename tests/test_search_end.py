@@ -1,0 +1,56 @@
+"""How a search ends, from Python (`run_search`): a failure marks the search's MLflow run
+FAILED with its reason, and nothing of the search stays behind in the process: no tracker
+thread, no registry entry, no environment variable."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from search.run import storage_path
+from tests.test_search import children
+
+CONF = """
+data: {dataset: digits}
+model: {name: mlp}
+train: {epochs: 1}
+search: {num_samples: 1, max_concurrent: 1}
+scheduler: {name: fifo}
+mlflow: {register_as: ended}
+"""
+
+
+def test_a_failure_at_the_end_marks_the_search_failed_and_leaves_the_process_as_found(
+        tmp_path, monkeypatch):
+    from search import run_search
+    from search.record import results, tracking
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "conf.yaml").write_text(CONF)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the registry is full")
+
+    monkeypatch.setattr(results, "register_champion", broken)
+    before = dict(os.environ)
+    with pytest.raises(RuntimeError, match="the registry is full"):
+        run_search("conf.yaml", name="x", show_progress=False)
+    assert dict(os.environ) == before
+    assert tracking._open_trackers == {}
+    import threading
+
+    assert not [t for t in threading.enumerate() if t.name == "mlflow-writer"]
+    parents, _ = children(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), "x")
+    assert [p.info.status for p in parents] == ["FAILED"]
+    assert parents[0].data.tags["error"] == "RuntimeError: the registry is full"
+
+
+def test_one_storage_folder_is_spelled_one_way(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spellings = {storage_path(s) for s in ("runs", "./runs/", str(tmp_path / "runs"),
+                                           "runs/../runs", None)}
+    assert spellings == {str(tmp_path / "runs")}
+    assert storage_path("s3://bucket/runs/") == "s3://bucket/runs"
