@@ -1,0 +1,27 @@
+"""A driver killed at a few fixed points of a real search, and resumed: MLflow must equal
+Ray's stored record afterwards, and no password may be left anywhere (bench/resume_fuzz.py
+has the longer run, over more seeds and kill points)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import resume_fuzz
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    s = resume_fuzz.Server(tmp_path_factory.mktemp("fuzz"))
+    yield s
+    s.stop()
+
+
+# Early, between snapshots, trials running (MLflow ahead of Ray's snapshot); after every
+# trial ended (MLflow behind it, no step of Ray's loop runs on resume); and while the
+# champion is being registered.
+@pytest.mark.parametrize("point", ["epochs:3", "end", "champion"])
+def test_a_driver_killed_and_resumed_leaves_mlflow_equal_to_rays_record(server, point):
+    what, out = resume_fuzz.kill_and_resume(server.folder, server, seed=1, point=point)
+    assert what == "killed", out[-2000:]
+    assert resume_fuzz.SECRET not in out
+    assert resume_fuzz.check(server.folder, server, f"s1-{point.replace(':', '')}") == []
