@@ -89,7 +89,7 @@ def resolve(args: argparse.Namespace) -> tuple[SearchConfig, str, str]:
     storage = storage_path(args.storage_path)
     local = "://" not in storage
     if local and Path(storage).exists() and not Path(storage).is_dir():
-        raise ConfigError(f"--storage-path {storage}: exists and is not a folder")
+        raise ConfigError(f"--storage-path {args.storage_path}: exists and is not a folder")
     stem = cfg.name or (Path(args.config).stem if not isinstance(args.config, SearchConfig)
                         else "search")
     name = config_.check_name(args.name, "--name") if args.name is not None else None

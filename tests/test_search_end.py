@@ -5,6 +5,7 @@ thread, no registry entry, no environment variable."""
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -36,13 +37,13 @@ def test_a_failure_at_the_end_marks_the_search_failed_and_leaves_the_process_as_
 
     monkeypatch.setattr(results, "register_champion", broken)
     before = dict(os.environ)
+    writers = {t for t in threading.enumerate() if t.name == "mlflow-writer"}
+    trackers = dict(tracking._open_trackers)  # other tests' searches, if any
     with pytest.raises(RuntimeError, match="the registry is full"):
         run_search("conf.yaml", name="x", show_progress=False)
     assert dict(os.environ) == before
-    assert tracking._open_trackers == {}
-    import threading
-
-    assert not [t for t in threading.enumerate() if t.name == "mlflow-writer"]
+    assert tracking._open_trackers == trackers  # this search's tracker left the registry
+    assert {t for t in threading.enumerate() if t.name == "mlflow-writer"} <= writers
     parents, _ = children(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), "x")
     assert [p.info.status for p in parents] == ["FAILED"]
     assert parents[0].data.tags["error"] == "RuntimeError: the registry is full"

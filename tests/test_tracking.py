@@ -267,10 +267,12 @@ def test_a_closed_tracker_stops_its_thread_and_leaves_the_registry(tmp_path):
                                          str(tmp_path / "runs" / "x"), "x", {}, 3)
     t = callback.open()
     t.start()
-    assert t.drain(timeout_s=60) and tracking._open_trackers
+    assert t.drain(timeout_s=60) and tracking._open_trackers[t.search_dir] is t
     assert callback.close(timeout_s=30)
-    assert tracking._open_trackers == {}
+    assert t.search_dir not in tracking._open_trackers
     assert not t._thread.is_alive()
+    t.fail_search(reason="late")  # after the end: not queued, and closing again is at once
+    assert t.pending == 0 and t.close(timeout_s=30)
 
 
 def test_a_snapshot_does_no_mlflow_io(tracker):

@@ -279,6 +279,9 @@ class Tracker:
 
     def submit(self, job: Job) -> None:
         with self._cv:
+            if self._stop:  # closed: nothing is written any more
+                log.debug("MLflow write after the tracker closed: not queued")
+                return
             self._jobs.append(job)
             self._cv.notify_all()
 
@@ -290,6 +293,8 @@ class Tracker:
     def close(self, timeout_s: float) -> bool:
         """Deliver what is queued, for `timeout_s` at most, then stop the writer thread and
         leave the registry of open trackers. Whether everything was delivered."""
+        if self._stop:  # closed already
+            return True
         # Never started (the search was refused before it ran): nothing is to be written.
         drained = self.drain(timeout_s) if self._started.is_set() else True
         if not drained:
