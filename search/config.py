@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_serializer, model_validator)
 
 DATASETS = ("digits", "synthetic", "mnist", "fashion_mnist", "cifar10", "cifar100")
 MAX_CONFIG_BYTES = 1_000_000  # a config is a page of YAML; a bigger file is a wrong path
@@ -162,39 +163,162 @@ class TrialConfig(Section):
 
 
 class Range(Section):
-    """One searched hyperparameter: sampled in [low, high], or fixed to `value`."""
+    """One key of the space: a float or int range, a choice among scalars, or a fixed value.
+
+    Ranges include both bounds, as Optuna's suggest_float and suggest_int do. `when` samples
+    the key only where other (categorical) keys took the given values; elsewhere the
+    config's own value stands.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
+                              serialize_by_alias=True)
 
     low: float | None = None
     high: float | None = None
     log: bool = False
-    value: float | None = None
+    step: float | None = Field(None, gt=0)
+    integer: bool = Field(False, alias="int")
+    choices: list[Any] | None = None
+    value: Any = None
+    when: dict[str, Any] = {}
+
+    @model_serializer(mode="wrap")
+    def _given_only(self, handler: Any) -> dict[str, Any]:
+        # Only what the key says: a `value: null` stays (a fixed None), an unset one goes,
+        # so that the dump reads back to the same key.
+        defaults = {"low": None, "high": None, "log": False, "step": None, "int": False,
+                    "integer": False, "choices": None, "when": {}}
+        out = {k: v for k, v in handler(self).items()
+               if k != "value" and (k not in defaults or v != defaults[k])}
+        if "value" in self.model_fields_set:
+            out["value"] = self.value
+        return out
 
     @model_validator(mode="after")
     def _consistent(self) -> Range:
-        if self.value is not None:
-            if self.low is not None or self.high is not None:
+        ranged = self.low is not None or self.high is not None
+        if "value" in self.model_fields_set:
+            if ranged or self.choices is not None:
                 raise ValueError("give either value or low/high, not both")
+            _check_scalar(self.value, "value")
+            return self
+        if self.choices is not None:
+            if ranged or self.log or self.step is not None or self.integer:
+                raise ValueError("choices take no low, high, log, step or int")
+            if not self.choices:
+                raise ValueError("choices: empty; give at least one")
+            seen = set()
+            for c in self.choices:
+                _check_scalar(c, "choices")
+                if (type(c), c) in seen:
+                    raise ValueError(f"choices: {c!r} given twice")
+                seen.add((type(c), c))
             return self
         if self.low is None or self.high is None:
-            raise ValueError("needs low and high (or a fixed value)")
+            raise ValueError("needs low and high (or a fixed value, or choices)")
         if not (math.isfinite(self.low) and math.isfinite(self.high)):
             raise ValueError(f"low and high must be finite, got {self.low}, {self.high}")
         if self.low > self.high:
             raise ValueError(f"low {self.low} > high {self.high}")
         if self.log and self.low <= 0:
             raise ValueError(f"log range needs low > 0, got low {self.low}")
+        if self.log and self.step is not None:
+            raise ValueError("log and step do not go together (Optuna samples either)")
+        if self.integer and not all(float(v).is_integer()
+                                    for v in (self.low, self.high, self.step or 1)):
+            raise ValueError(f"int: true needs integer low, high and step, got "
+                             f"{self.low}, {self.high}, {self.step}")
+        if self.step is not None and not _multiple(self.high - self.low, self.step):
+            raise ValueError(f"high - low ({self.high} - {self.low}) is not a multiple of "
+                             f"step {self.step}")
         return self
 
     @property
     def fixed(self) -> bool:
-        return self.value is not None or self.low == self.high
+        """Sampled nowhere: a fixed value, one choice, or low == high."""
+        if "value" in self.model_fields_set:
+            return True
+        if self.choices is not None:
+            return len(self.choices) == 1
+        return self.low == self.high
 
-    def bounds(self) -> tuple[float, float]:
-        return (self.value, self.value) if self.value is not None else (self.low, self.high)
+    @property
+    def categorical(self) -> bool:
+        return self.choices is not None
+
+    def bounds(self) -> tuple[Any, Any]:
+        """(low, high) of a range; (value, value) of a fixed key; ints for int ranges."""
+        if "value" in self.model_fields_set:
+            return self.value, self.value
+        if self.choices is not None:
+            return self.choices[0], self.choices[-1]
+        if self.integer:
+            return int(self.low), int(self.high)
+        return self.low, self.high
+
+    def candidates(self) -> list[Any]:
+        """The values that stand for the whole key when checking it against the schema:
+        every choice, both bounds, or the fixed value."""
+        if self.choices is not None:
+            return list(self.choices)
+        lo, hi = self.bounds()
+        return [lo] if lo == hi else [lo, hi]
+
+    def contains(self, value: Any) -> bool:
+        """Whether the key can take `value`."""
+        if self.choices is not None:
+            return any(same_value(c, value) for c in self.choices)
+        lo, hi = self.bounds()
+        if lo == hi:
+            return value == lo
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.integer and not float(value).is_integer():
+            return False
+        return lo <= value <= hi
+
+    def conditions(self) -> dict[str, list[Any]]:
+        """`when` with each value as a list of the values it allows."""
+        return {k: v if isinstance(v, list) else [v] for k, v in self.when.items()}
+
+
+def _check_scalar(value: Any, what: str) -> None:
+    if not (value is None or isinstance(value, (str, bool, int, float))):
+        raise ValueError(f"{what}: {value!r} is not a scalar (a number, text, true/false "
+                         "or null)")
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Equal as config values: 1 and 1.0 are, 1 and true are not."""
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
+    return a == b and (numbers or type(a) is type(b))
+
+
+def _multiple(span: float, step: float) -> bool:
+    n = round(span / step)
+    return math.isclose(n * step, span, rel_tol=1e-9, abs_tol=1e-12)
+
+
+# The five Adam keys keep their short names; beta2 is searched as 1 - beta2 (log scale).
+ADAM_KEYS = {"lr": "optimizer.lr", "beta1": "optimizer.beta1",
+             "one_minus_beta2": "optimizer.beta2", "eps": "optimizer.eps",
+             "weight_decay": "optimizer.weight_decay"}
+_ADAM_RULES = {
+    "lr": ("> 0", lambda v: v > 0),
+    "beta1": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "one_minus_beta2": ("in (0, 1]", lambda v: 0 < v <= 1),
+    "eps": ("> 0", lambda v: v > 0),
+    "weight_decay": (">= 0", lambda v: v >= 0),
+}
 
 
 class SpaceConfig(Section):
-    """The Optuna search space over the optimizer. beta2 is searched as 1 - beta2."""
+    """The Optuna search space: the five Adam keys by their short names, and any other
+    field of a trial's config by its dotted path (`train.batch_size`, `model.kwargs.width`),
+    in the order given. Paths are checked against the config in `SearchConfig`."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    __pydantic_extra__: dict[str, Range] = Field(init=False)
 
     lr: Range = Range(low=1e-4, high=1e-1, log=True)
     beta1: Range = Range(low=0.8, high=0.99)
@@ -202,26 +326,22 @@ class SpaceConfig(Section):
     eps: Range = Range(low=1e-10, high=1e-6, log=True)
     weight_decay: Range = Range(value=0.0)
 
+    def keys(self) -> dict[str, Range]:
+        """Every key of the space, the Adam ones first: {name or dotted path: range}."""
+        return {**{name: getattr(self, name) for name in ADAM_KEYS},
+                **(self.__pydantic_extra__ or {})}
+
     @model_validator(mode="after")
     def _within_domain(self) -> SpaceConfig:
-        checks = {
-            "lr": lambda lo, hi: lo > 0,
-            "beta1": lambda lo, hi: lo >= 0 and hi < 1,
-            "one_minus_beta2": lambda lo, hi: lo > 0 and hi <= 1,
-            "eps": lambda lo, hi: lo > 0,
-            "weight_decay": lambda lo, hi: lo >= 0,
-        }
-        rules = {
-            "lr": "> 0",
-            "beta1": "in [0, 1)",
-            "one_minus_beta2": "in (0, 1]",
-            "eps": "> 0",
-            "weight_decay": ">= 0",
-        }
-        for name, ok in checks.items():
-            lo, hi = getattr(self, name).bounds()
-            if not ok(lo, hi):
-                raise ValueError(f"{name} must be {rules[name]}, got [{lo}, {hi}]")
+        for name, (rule, ok) in _ADAM_RULES.items():
+            r = getattr(self, name)
+            values = r.candidates()
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                       for v in values):
+                raise ValueError(f"{name} must be a number, got {values}")
+            if not all(ok(v) for v in values):
+                lo, hi = (r.bounds() if not r.categorical else (min(values), max(values)))
+                raise ValueError(f"{name} must be {rule}, got [{lo}, {hi}]")
         return self
 
 
@@ -245,7 +365,8 @@ class SearchSection(Section):
     # or optuna-dashboard; --resume keeps using it.
     optuna_storage: str | None = None
     # Adam's textbook defaults make a good first point.
-    points_to_evaluate: list[dict[str, float]] = [
+    # Keys as in space: short Adam names or dotted paths.
+    points_to_evaluate: list[dict[str, Any]] = [
         {"lr": 1e-3, "beta1": 0.9, "one_minus_beta2": 1e-3, "eps": 1e-8}
     ]
 
@@ -340,16 +461,10 @@ class SearchConfig(TrialConfig):
         return self
 
     @model_validator(mode="after")
-    def _points_inside_space(self) -> SearchConfig:
-        for i, point in enumerate(self.search.points_to_evaluate):
-            for name, value in point.items():
-                r = getattr(self.space, name, None)
-                if not isinstance(r, Range):
-                    raise ValueError(f"search.points_to_evaluate[{i}]: unknown name {name!r}")
-                lo, hi = r.bounds()
-                if not r.fixed and not lo <= value <= hi:
-                    raise ValueError(f"search.points_to_evaluate[{i}].{name} {value} "
-                                     f"is outside space.{name} [{lo}, {hi}]")
+    def _space_fits_config(self) -> SearchConfig:
+        from search import space_rules
+
+        space_rules.check(self)
         return self
 
     @model_validator(mode="after")
@@ -407,14 +522,37 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         except yaml.YAMLError:
             raise ConfigError(f"--set {item!r}: value is not valid YAML") from None
         node = raw
-        *parents, leaf = key.split(".")
-        for part in parents:
+        parts = key.split(".")
+        while len(parts) > 1:
+            # A space key is a dotted path itself: the longest key the node has comes first
+            # (space.train.batch_size.high); a new one under `space` is the rest, whole.
+            n = next((n for n in range(len(parts) - 1, 0, -1) if ".".join(parts[:n]) in node),
+                     None)
+            if n is None and node is raw.get("space"):
+                parts = [".".join(parts)]
+                break
+            part, parts = ".".join(parts[:n or 1]), parts[n or 1:]
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {key}: {part!r} is not a section")
+            if node is raw.get("space") and parts == ["value"]:
+                child.clear()  # a fixed value replaces the key's range or choices
             node = child
-        node[leaf] = value
+        node[parts[0]] = value
     return raw
+
+
+def _set_searched(cfg: Any, overrides: list[str]) -> None:
+    """`--set P=V` on a path the space samples in every trial contradicts the space: refused,
+    naming how to fix the key instead. (A key sampled only `when:` something holds keeps
+    the config's value elsewhere, so setting that value is fine.)"""
+    space = cfg.space.keys() if hasattr(cfg, "space") else {}
+    for item in overrides:
+        key, _, text = item.partition("=")
+        r = space.get(key)
+        if r is not None and not r.fixed and not r.when and key not in ADAM_KEYS:
+            raise ConfigError(f"--set {item}: {key} is searched by space.{key}; to fix it, "
+                              f"--set space.{key}.value={text}")
 
 
 def _one_line(error: ValidationError, source: str) -> str:
@@ -450,7 +588,9 @@ def load(path: str | Path, overrides: list[str] = (), schema: type[Section] = Se
     if overrides:
         complete = validate(schema, raw, str(path)).model_dump(mode="json", exclude_none=True)
         raw = apply_overrides(complete, list(overrides))
-    return validate(schema, raw, str(path))
+    cfg = validate(schema, raw, str(path))
+    _set_searched(cfg, list(overrides))
+    return cfg
 
 
 def dump(config: Section) -> str:

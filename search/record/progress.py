@@ -17,7 +17,7 @@ import time
 from ray import tune
 
 from search.record.tracking import error_line, outcome
-from search.space import fmt, optimizer_params, sample_line  # noqa: F401  (re-exported)
+from search.space import fmt, sample_line, trial_params  # noqa: F401  (re-exported)
 
 log = logging.getLogger("search.progress")
 
@@ -68,7 +68,7 @@ class Progress(tune.Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         log.info("trial %s started: %s", trial.trial_id,
-                 sample_line(optimizer_params(trial.config)))
+                 sample_line(trial_params(trial.config)))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         last = trial.last_result or {}

@@ -17,7 +17,8 @@ from search.record import plots
 from search.record.progress import sample_line
 from search.record.store import CHAMPION, CHAMPION_CHECKPOINT, LOCAL_UI, reopened, ui_link
 from search.record.tracking import Tracker, error_line, outcome, redact
-from search.space import fmt, optimizer_params, searched, trial_config
+from search import space as space_
+from search.space import fmt, trial_config, trial_params
 
 if TYPE_CHECKING:
     from ray.tune import ResultGrid
@@ -35,7 +36,7 @@ class TrialSummary:
     outcome: str
     epochs: int
     value: float  # the search metric at the trial's last epoch
-    params: dict[str, float]
+    params: dict[str, Any]  # the trial's sample as logged (search.space.trial_params)
     result: Any  # ray.tune.Result
     error: str | None = None  # why a failed trial failed: its error's own line
 
@@ -50,7 +51,7 @@ def summarize(grid: ResultGrid, cfg: SearchConfig) -> list[TrialSummary]:
         trial_id = m.get("trial_id") or Path(r.path).name.removeprefix("trial_")
         error = m.get("error") or (error_line(r.error) if r.error is not None else None)
         rows.append(TrialSummary(trial_id, how, int(m.get("epoch", 0)), float(value),
-                                 optimizer_params(r.config or {}), r, error))
+                                 trial_params(r.config or {}), r, error))
     sign = -1 if cfg.search.mode == "max" else 1
 
     # Trials that ran every epoch rank first: the best config is one validated at the
@@ -234,30 +235,22 @@ def draw(rows: list[TrialSummary], cfg: SearchConfig, best_id: str | None,
     """The search's pictures in `folder` (learning curves, metric against each searched
     hyperparameter, importances), with the importances. Never raises: a picture that
     cannot be drawn is left out and logged."""
-    from optuna.distributions import FloatDistribution
-
-    distributions, log_params = {}, set()
-    for name in searched(cfg.space):
-        r = getattr(cfg.space, name)
-        if name == "one_minus_beta2":  # trials report beta2 itself
-            distributions["beta2"] = FloatDistribution(1 - r.high, 1 - r.low)
-        else:
-            distributions[name] = FloatDistribution(r.low, r.high, log=r.log)
-            if r.log:
-                log_params.add(name)
+    distributions = space_.distributions(cfg.space)
+    log_params = {n for n, d in distributions.items() if getattr(d, "log", False)}
     folder.mkdir(parents=True, exist_ok=True)
     return plots.draw_all(curves(rows, cfg.search.metric), cfg.search.metric, cfg.search.mode,
                           best_id, log_params, distributions, folder)
 
 
 def _markdown_table(rows: list[TrialSummary], metric: str, limit: int = 10) -> list[str]:
-    names = list(rows[0].params) if rows else []
+    names = list(dict.fromkeys(n for r in rows[:limit] for n in r.params))  # conditional keys
+    short = space_.short_names(names)
     lines = ["| rank | trial | outcome | epochs | " + f"{metric} | val_loss | "
-             + " | ".join(names) + " |", "|" + "---|" * (6 + len(names))]
+             + " | ".join(short[n] for n in names) + " |", "|" + "---|" * (6 + len(names))]
     for i, r in enumerate(rows[:limit], 1):
         loss = (r.result.metrics or {}).get("val_loss", math.nan)
         lines.append(f"| {i} | {r.trial_id} | {r.outcome} | {r.epochs} | {r.value:.4f} | "
-                     f"{loss:.4f} | " + " | ".join(fmt(r.params[n]) for n in names) + " |")
+                     f"{loss:.4f} | " + " | ".join(fmt(r.params[n]) if n in r.params else "" for n in names) + " |")
     return lines
 
 

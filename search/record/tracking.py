@@ -37,7 +37,7 @@ from search.record.store import (  # noqa: F401
     mlflow_settings,
     redact,
 )
-from search.space import NAMES, fmt, optimizer_params, sample_line
+from search.space import describe, fmt, sample_line, trial_params
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -75,11 +75,8 @@ def search_params(cfg: SearchConfig) -> dict[str, str]:
     """The parent run's params: what was searched and how, short enough to read in the
     UI's columns (the whole config is the parent's `config.yaml` artifact)."""
     params = {}
-    for name in NAMES:
-        r = getattr(cfg.space, name)
-        params[f"space.{name}"] = (f"fixed {fmt(r.value)}" if r.fixed else
-                                   f"{'log-uniform' if r.log else 'uniform'} "
-                                   f"[{fmt(r.low)}, {fmt(r.high)}]")
+    for name, r in cfg.space.keys().items():
+        params[f"space.{name}"] = describe(r)
     s, sch = cfg.search, cfg.scheduler
     params["search.sampler"] = (f"{s.sampler} (seed {s.seed}"
                                 + (f", {s.n_startup_trials} random first"
@@ -610,7 +607,7 @@ class TrackingCallback(tune.Callback):
     def restored(self, trial) -> tuple[Restored, Callable[[], str]]:
         """A trial as Ray restored it, and a reader of its result.json in storage (what
         Ray's JsonLoggerCallback restores and appends to)."""
-        params = {**optimizer_params(trial.config), "workers": getattr(self, "workers", 1)}
+        params = {**trial_params(trial.config), "workers": getattr(self, "workers", 1)}
         last, end, status = trial.last_result or {}, None, "RUNNING"
         if trial.status == "TERMINATED":
             how = outcome(last, self.epochs, error=False)
@@ -631,7 +628,7 @@ class TrackingCallback(tune.Callback):
                         end=end, status=status), load
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        params = optimizer_params(trial.config)
+        params = trial_params(trial.config)
         # The run's name says what it tried: `c57f6e80 lr=0.001 beta1=0.9 ...`
         self.tracker.start_trial(trial.trial_id, f"{trial.trial_id} {sample_line(params)}",
                                  {**params, "workers": getattr(self, "workers", 1)})
