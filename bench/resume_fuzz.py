@@ -139,12 +139,14 @@ def image_folder(cwd: Path) -> Path:
 
 
 def kill_and_resume(cwd: Path, server: Server, seed: int, point: str,
-                    timeout_s: float = 300, images: bool = False) -> tuple[str, str]:
+                    timeout_s: float = 300, images: bool = False,
+                    config: str = CONFIG) -> tuple[str, str]:
     """One kill point: (what happened, the resumed driver's output). 'killed' or
-    'ended first' (the search finished before the point was reached)."""
+    'ended first' (the search finished before the point was reached). `config` is the
+    search's YAML with SEED and DATA to fill in."""
     name = f"s{seed}-{point.replace(':', '')}"
     data = IMAGES.replace("ROOT", str(image_folder(cwd))) if images else DIGITS
-    (cwd / "conf.yaml").write_text(CONFIG.replace("SEED", str(seed)).replace("DATA", data))
+    (cwd / "conf.yaml").write_text(config.replace("SEED", str(seed)).replace("DATA", data))
     exp_dir = cwd / "runs" / name
     driver = search(cwd, name, server, resume=False)
     deadline = time.monotonic() + timeout_s
@@ -185,17 +187,18 @@ def ray_record(exp_dir: Path) -> dict[str, dict]:
     return trials
 
 
-def expected_outcome(record: dict) -> str:
+def expected_outcome(record: dict, epochs: int = EPOCHS) -> str:
     last = record["last"]
     if record["status"] == "ERROR" or last.get("error"):
         return "failed"
     if last.get("diverged"):
         return "diverged"
-    return "completed" if last.get("epoch", 0) >= EPOCHS else "pruned"
+    return "completed" if last.get("epoch", 0) >= epochs else "pruned"
 
 
-def check(cwd: Path, server: Server, name: str) -> list[str]:
-    """What differs between MLflow and Ray's record of search `name`; [] when they agree."""
+def check(cwd: Path, server: Server, name: str, epochs: int = EPOCHS) -> list[str]:
+    """What differs between MLflow and Ray's record of search `name` (of `epochs` epochs a
+    trial); [] when they agree."""
     from mlflow.tracking import MlflowClient
 
     problems = []
@@ -226,9 +229,9 @@ def check(cwd: Path, server: Server, name: str) -> list[str]:
         if set(steps) != ray["epochs"]:
             problems.append(f"{trial_id}: MLflow epochs {sorted(set(steps))} != Ray's "
                             f"{sorted(ray['epochs'])}")
-        if run.data.tags.get("outcome") != expected_outcome(ray):
+        if run.data.tags.get("outcome") != expected_outcome(ray, epochs):
             problems.append(f"{trial_id}: outcome {run.data.tags.get('outcome')} != "
-                            f"{expected_outcome(ray)}")
+                            f"{expected_outcome(ray, epochs)}")
     leaked = [str(p) for folder in (cwd / "runs" / name, server.folder)
               for p in folder.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
     if leaked:

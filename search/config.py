@@ -9,14 +9,21 @@ field and the value, so the command line can print it and exit 2.
 from __future__ import annotations
 
 import copy
-import math
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
-                      model_serializer, model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from search.space_rules import ADAM_KEYS, Range, check_space
 
 DATASETS = ("digits", "synthetic", "mnist", "fashion_mnist", "cifar10", "cifar100")
 MAX_CONFIG_BYTES = 1_000_000  # a config is a page of YAML; a bigger file is a wrong path
@@ -162,147 +169,6 @@ class TrialConfig(Section):
 # ---------------------------------------------------------------- the search
 
 
-class Range(Section):
-    """One key of the space: a float or int range, a choice among scalars, or a fixed value.
-
-    Ranges include both bounds, as Optuna's suggest_float and suggest_int do. `when` samples
-    the key only where other (categorical) keys took the given values; elsewhere the
-    config's own value stands.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
-                              serialize_by_alias=True)
-
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = Field(None, gt=0)
-    integer: bool = Field(False, alias="int")
-    choices: list[Any] | None = None
-    value: Any = None
-    when: dict[str, Any] = {}
-
-    @model_serializer(mode="wrap")
-    def _given_only(self, handler: Any) -> dict[str, Any]:
-        # Only what the key says: a `value: null` stays (a fixed None), an unset one goes,
-        # so that the dump reads back to the same key.
-        defaults = {"low": None, "high": None, "log": False, "step": None, "int": False,
-                    "integer": False, "choices": None, "when": {}}
-        out = {k: v for k, v in handler(self).items()
-               if k != "value" and (k not in defaults or v != defaults[k])}
-        if "value" in self.model_fields_set:
-            out["value"] = self.value
-        return out
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Range:
-        ranged = self.low is not None or self.high is not None
-        if "value" in self.model_fields_set:
-            if ranged or self.choices is not None:
-                raise ValueError("give either value or low/high, not both")
-            _check_scalar(self.value, "value")
-            return self
-        if self.choices is not None:
-            if ranged or self.log or self.step is not None or self.integer:
-                raise ValueError("choices take no low, high, log, step or int")
-            if not self.choices:
-                raise ValueError("choices: empty; give at least one")
-            seen = set()
-            for c in self.choices:
-                _check_scalar(c, "choices")
-                if (type(c), c) in seen:
-                    raise ValueError(f"choices: {c!r} given twice")
-                seen.add((type(c), c))
-            return self
-        if self.low is None or self.high is None:
-            raise ValueError("needs low and high (or a fixed value, or choices)")
-        if not (math.isfinite(self.low) and math.isfinite(self.high)):
-            raise ValueError(f"low and high must be finite, got {self.low}, {self.high}")
-        if self.low > self.high:
-            raise ValueError(f"low {self.low} > high {self.high}")
-        if self.log and self.low <= 0:
-            raise ValueError(f"log range needs low > 0, got low {self.low}")
-        if self.log and self.step is not None:
-            raise ValueError("log and step do not go together (Optuna samples either)")
-        if self.integer and not all(float(v).is_integer()
-                                    for v in (self.low, self.high, self.step or 1)):
-            raise ValueError(f"int: true needs integer low, high and step, got "
-                             f"{self.low}, {self.high}, {self.step}")
-        if self.step is not None and not _multiple(self.high - self.low, self.step):
-            raise ValueError(f"high - low ({self.high} - {self.low}) is not a multiple of "
-                             f"step {self.step}")
-        return self
-
-    @property
-    def fixed(self) -> bool:
-        """Sampled nowhere: a fixed value, one choice, or low == high."""
-        if "value" in self.model_fields_set:
-            return True
-        if self.choices is not None:
-            return len(self.choices) == 1
-        return self.low == self.high
-
-    @property
-    def categorical(self) -> bool:
-        return self.choices is not None
-
-    def bounds(self) -> tuple[Any, Any]:
-        """(low, high) of a range; (value, value) of a fixed key; ints for int ranges."""
-        if "value" in self.model_fields_set:
-            return self.value, self.value
-        if self.choices is not None:
-            return self.choices[0], self.choices[-1]
-        if self.integer:
-            return int(self.low), int(self.high)
-        return self.low, self.high
-
-    def candidates(self) -> list[Any]:
-        """The values that stand for the whole key when checking it against the schema:
-        every choice, both bounds, or the fixed value."""
-        if self.choices is not None:
-            return list(self.choices)
-        lo, hi = self.bounds()
-        return [lo] if lo == hi else [lo, hi]
-
-    def contains(self, value: Any) -> bool:
-        """Whether the key can take `value`."""
-        if self.choices is not None:
-            return any(same_value(c, value) for c in self.choices)
-        lo, hi = self.bounds()
-        if lo == hi:
-            return value == lo
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return False
-        if self.integer and not float(value).is_integer():
-            return False
-        return lo <= value <= hi
-
-    def conditions(self) -> dict[str, list[Any]]:
-        """`when` with each value as a list of the values it allows."""
-        return {k: v if isinstance(v, list) else [v] for k, v in self.when.items()}
-
-
-def _check_scalar(value: Any, what: str) -> None:
-    if not (value is None or isinstance(value, (str, bool, int, float))):
-        raise ValueError(f"{what}: {value!r} is not a scalar (a number, text, true/false "
-                         "or null)")
-
-
-def same_value(a: Any, b: Any) -> bool:
-    """Equal as config values: 1 and 1.0 are, 1 and true are not."""
-    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
-    return a == b and (numbers or type(a) is type(b))
-
-
-def _multiple(span: float, step: float) -> bool:
-    n = round(span / step)
-    return math.isclose(n * step, span, rel_tol=1e-9, abs_tol=1e-12)
-
-
-# The five Adam keys keep their short names; beta2 is searched as 1 - beta2 (log scale).
-ADAM_KEYS = {"lr": "optimizer.lr", "beta1": "optimizer.beta1",
-             "one_minus_beta2": "optimizer.beta2", "eps": "optimizer.eps",
-             "weight_decay": "optimizer.weight_decay"}
 _ADAM_RULES = {
     "lr": ("> 0", lambda v: v > 0),
     "beta1": ("in [0, 1)", lambda v: 0 <= v < 1),
@@ -462,9 +328,7 @@ class SearchConfig(TrialConfig):
 
     @model_validator(mode="after")
     def _space_fits_config(self) -> SearchConfig:
-        from search import space_rules
-
-        space_rules.check(self)
+        check_space(self)
         return self
 
     @model_validator(mode="after")

@@ -13,10 +13,15 @@ from __future__ import annotations
 from typing import Any
 
 import optuna
-from optuna.distributions import (BaseDistribution, CategoricalDistribution,
-                                  FloatDistribution, IntDistribution)
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 
-from search.config import ADAM_KEYS, Range, SearchConfig, SpaceConfig, TrialConfig
+from search.config import SearchConfig, SpaceConfig, TrialConfig
+from search.space_rules import ADAM_KEYS, Range, check_conditions, put, same_value
 
 NAMES = tuple(ADAM_KEYS)  # lr, beta1, one_minus_beta2, eps, weight_decay
 
@@ -40,8 +45,6 @@ def suggest(trial: optuna.Trial, name: str, r: Range) -> Any:
 def holds(r: Range, sample: dict[str, Any]) -> bool:
     """Whether `r`'s `when:` holds for the values sampled so far (a condition on a key that
     was not sampled does not hold)."""
-    from search.config import same_value
-
     return all(name in sample and any(same_value(sample[name], v) for v in values)
                for name, values in r.conditions().items())
 
@@ -49,14 +52,14 @@ def holds(r: Range, sample: dict[str, Any]) -> bool:
 class DefineByRun:
     """An Optuna define-by-run space: suggests the searched values (a conditional key only
     where its condition holds, so that every sampler sees the true space), returns the
-    fixed ones. A class rather than a closure because Ray pickles the searcher with it."""
+    fixed ones, and stepped floats as written (0.15, not Optuna's low + 3 * step =
+    0.15000000000000002; Ray's OptunaSearch puts what this returns over what was
+    suggested). A class rather than a closure because Ray pickles the searcher with it."""
 
     def __init__(self, space: SpaceConfig) -> None:
         self.space = space
 
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
-        from search.space_rules import check_conditions
-
         keys = self.space.keys()
         sample: dict[str, Any] = {}
         fixed: dict[str, Any] = {}
@@ -68,6 +71,8 @@ class DefineByRun:
                 fixed[name] = sample[name] = r.candidates()[0]
             else:
                 sample[name] = suggest(trial, name, r)
+                if r.step and not r.integer:
+                    fixed[name] = sample[name] = float(f"{sample[name]:.12g}")
         return fixed
 
 
@@ -118,8 +123,6 @@ def sample_line(params: dict[str, Any]) -> str:
 def trial_config(cfg: SearchConfig | TrialConfig, sample: dict[str, Any]) -> TrialConfig:
     """The single-run config of one trial: the base config with the sample's values at
     their paths (Adam's short names into `optimizer`)."""
-    from search.space_rules import put
-
     base = cfg.trial() if isinstance(cfg, SearchConfig) else cfg
     raw = base.model_dump(mode="json")
     raw["optimizer"] |= {k: v for k, v in trial_params(sample).items() if not is_path(k)}

@@ -92,6 +92,82 @@ CASES = [
     ("negative checkpoint period", GOOD + "search: {checkpoint_period_s: -1}\n", [],
      "search.checkpoint_period_s"),
     ("no trials at once", GOOD, ["--set", "search.max_concurrent=0"], "search.max_concurrent"),
+    # Issue 22: a space over any field, refused before Ray starts.
+    ("space path that does not exist", GOOD + "space: {train.bach_size: {choices: [32]}}\n",
+     [], "space.train.bach_size: no such field of a trial's config; nearest: train.batch_size"),
+    ("space outside a trial's config", GOOD + "space: {search.seed: {choices: [1, 2]}}\n",
+     [], "space.search.seed: no such field"),
+    ("space bound the schema refuses",
+     GOOD + "space: {train.batch_size: {low: 0, high: 64, int: true}}\n", [],
+     "space.train.batch_size: low 0 is refused by train.batch_size: Input should be greater"),
+    ("space choice the schema refuses",
+     GOOD + "space: {train.schedule: {choices: [constant, bogus]}}\n", [],
+     "space.train.schedule: choice 'bogus' is refused by train.schedule"),
+    ("space choice the optimizer refuses", GOOD + "optimizer: {foreach: true}\n"
+     "space: {optimizer.state_dtype: {choices: [fp32, int8]}}\n", [],
+     "choice 'int8' is refused by optimizer: foreach supports state_dtype fp32 only"),
+    ("space choices the optimizer refuses together", GOOD + "space: {optimizer.state_dtype: "
+     "{choices: [fp32, int8]}, optimizer.shard_state: {choices: [false, true]}}\n", [],
+     "space: optimizer.state_dtype='int8', optimizer.shard_state=True together are refused "
+     "by optimizer: shard_state supports state_dtype fp32 only"),
+    ("space float range on an int field",
+     GOOD + "space: {train.batch_size: {low: 16, high: 64}}\n", [],
+     "space.train.batch_size: train.batch_size takes whole numbers; add int: true"),
+    ("space range on a bool field",
+     GOOD + "space: {optimizer.amsgrad: {low: 0, high: 1}}\n", [],
+     "space.optimizer.amsgrad: a range over a field that is not a number"),
+    ("space log with low 0",
+     GOOD + "space: {train.label_smoothing: {low: 0, high: 0.2, log: true}}\n", [],
+     "space.train.label_smoothing: log range needs low > 0"),
+    ("space log with step", GOOD + "space: {train.label_smoothing: "
+     "{low: 0.05, high: 0.2, log: true, step: 0.05}}\n", [], "log and step do not go together"),
+    ("space int with fractional bounds",
+     GOOD + "space: {train.batch_size: {low: 1.5, high: 64, int: true}}\n", [],
+     "int: true needs integer low, high and step"),
+    ("space step that does not divide", GOOD + "space: {train.label_smoothing: "
+     "{low: 0, high: 0.2, step: 0.03}}\n", [], "is not a multiple of step 0.03"),
+    ("space empty choices", GOOD + "space: {train.schedule: {choices: []}}\n", [],
+     "space.train.schedule: choices: empty"),
+    ("space duplicate choices", GOOD + "space: {train.batch_size: {choices: [32, 32]}}\n",
+     [], "space.train.batch_size: choices: 32 given twice"),
+    ("space when on a key not searched",
+     GOOD + "space: {train.warmup_fraction: {low: 0.1, high: 0.3, "
+     "when: {train.schedule: onecycle}}}\n", [],
+     "space.train.warmup_fraction.when: train.schedule is not searched"),
+    ("space when on a float key", GOOD + "space: {train.label_smoothing: {low: 0, high: 0.2},"
+     " train.warmup_fraction: {low: 0.1, high: 0.3, when: {train.label_smoothing: 0.1}}}\n",
+     [], "train.warmup_fraction.when: train.label_smoothing is not categorical"),
+    ("space when on a value never taken", GOOD + "space: {train.schedule: {choices: "
+     "[constant, onecycle]}, train.warmup_fraction: {low: 0.1, high: 0.3, "
+     "when: {train.schedule: cosine}}}\n", [],
+     "train.warmup_fraction.when: train.schedule never takes 'cosine'"),
+    ("space conditions in a cycle", GOOD + "space: {optimizer.name: {choices: [adam, adamw], "
+     "when: {optimizer.amsgrad: true}}, optimizer.amsgrad: {choices: [false, true], "
+     "when: {optimizer.name: adamw}}}\n", [], "space: conditions form a cycle"),
+    ("space Adam key by its path", GOOD + "space: {optimizer.lr: {low: 0.001, high: 0.1}}\n",
+     [], "space.optimizer.lr: search it by its short name, space.lr"),
+    ("space over the budget", GOOD + "space: {train.epochs: {low: 1, high: 2, int: true}}\n",
+     [], "space.train.epochs: not searched"),
+    ("space over the validation data",
+     GOOD + "space: {data.val_fraction: {low: 0.1, high: 0.3}}\n", [],
+     "space.data.val_fraction: not searched: it changes the validation data"),
+    ("space argument the model lacks", GOOD.replace("mlp", "cnn")
+     + "space: {model.kwargs.widht: {low: 8, high: 16, int: true}}\n", [],
+     "space.model.kwargs.widht: model cnn takes no argument 'widht'; it takes: width"),
+    ("space value that is a list", GOOD + "space: {train.batch_size: {choices: [[32]]}}\n",
+     [], "is not a scalar"),
+    ("--set contradicts the space", GOOD + "space: {train.batch_size: {choices: [32, 64]}}\n",
+     ["--set", "train.batch_size=128"], "--set train.batch_size=128: train.batch_size is "
+     "searched by space.train.batch_size; to fix it, --set space.train.batch_size.value=128"),
+    ("space batch the workers cannot share", GOOD + "resources: {workers_per_trial: 2}\n"
+     "space: {train.batch_size: {choices: [32, 33]}}\n", [],
+     "space.train.batch_size: 33 is not a multiple of resources.workers_per_trial 2"),
+    ("point with an unknown dotted key", GOOD + "space: {train.batch_size: {choices: [32]}}\n"
+     "search: {points_to_evaluate: [{train.batchsize: 32}]}\n", [],
+     "search.points_to_evaluate[0]: unknown name 'train.batchsize'; nearest: train.batch_size"),
+    ("point outside the choices", GOOD + "space: {train.batch_size: {choices: [32, 64]}}\n"
+     "search: {points_to_evaluate: [{train.batch_size: 48}]}\n", [],
+     "search.points_to_evaluate[0].train.batch_size 48 is outside space.train.batch_size"),
 ]
 
 

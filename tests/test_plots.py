@@ -9,7 +9,7 @@ import random
 
 import numpy as np
 import pytest
-from optuna.distributions import FloatDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from search.record.plots import (
     Plots,
@@ -20,8 +20,10 @@ from search.record.plots import (
     importances,
     learning_curves,
     metric_vs_params,
+    varying_params,
 )
 
+JITTER = 0.15  # plots.JITTER: a strip point lies within this of its choice's index
 LOG_PARAMS = {"lr", "eps"}
 DISTRIBUTIONS = {
     "lr": FloatDistribution(1e-5, 1e-1, log=True),
@@ -213,3 +215,176 @@ def test_degenerate_input_draws_without_raising(case, tmp_path):
     assert _read_png(plots.paths["learning_curves"]).shape[:2] == (500, 800)
     importance_chart({}, tmp_path / "empty.png")  # an empty chart says so rather than raising
     assert (tmp_path / "empty.png").is_file()
+
+
+# --- a general space: categorical, int and conditional params ----------------------------
+
+SCHEDULES = ["constant", "cosine", "onecycle"]
+MIXED = {
+    "lr": FloatDistribution(1e-5, 1e-1, log=True),
+    "train.schedule": CategoricalDistribution(SCHEDULES),
+    "train.batch_size": IntDistribution(16, 256, log=True),
+    "train.warmup_fraction": FloatDistribution(0.0, 0.5),
+}
+
+
+def _mixed(n: int = 30, seed: int = 0) -> list[TrialCurve]:
+    """`n` completed trials whose metric depends strongly on the schedule (0.5, 0.7, 0.9) and
+    hardly on anything else (lr, batch_size, warmup_fraction are noise); warmup_fraction is
+    conditional: present only where the schedule is onecycle. Each last value is unique."""
+    rng = np.random.default_rng(seed)
+    curves = []
+    for i in range(n):
+        schedule = SCHEDULES[i % 3]
+        value = {"constant": 0.5, "cosine": 0.7, "onecycle": 0.9}[schedule] + 1e-4 * i
+        params = {"lr": float(10 ** rng.uniform(-5, -1)), "train.schedule": schedule,
+                  "train.batch_size": int(2 ** rng.integers(4, 9))}
+        if schedule == "onecycle":
+            params["train.warmup_fraction"] = float(rng.uniform(0.0, 0.5))
+        curves.append(TrialCurve(f"t{i}", "completed", [1, 2], [value - 0.1, value], params))
+    return curves
+
+
+def _panels(fig) -> dict:
+    return {ax.get_title(): ax for ax in fig.axes if ax.get_title()}
+
+
+def _points(ax) -> np.ndarray:
+    """Every (x, y) drawn in a panel, all outcomes together."""
+    return np.concatenate([c.get_offsets() for c in ax.collections])
+
+
+def test_categorical_param_is_a_strip_per_choice(tmp_path):
+    curves = _mixed(12)
+    curves[4] = TrialCurve("p4", "pruned", [1], [0.123], curves[4].params)  # a cosine one
+    fig = metric_vs_params(curves, "val_acc", {"lr"}, tmp_path / "mp.png", MIXED)
+    ax = _panels(fig)["train.schedule"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == SCHEDULES
+    assert list(ax.get_xticks()) == [0, 1, 2]
+    assert len(ax.collections) == 2  # completed and pruned kept apart
+    by_y = {c.last: SCHEDULES.index(c.params["train.schedule"]) for c in curves}
+    xy = _points(ax)
+    assert len(xy) == 12
+    for x, y in xy:
+        assert abs(x - by_y[_key(by_y, y)]) <= JITTER
+    assert len({round(float(x), 6) for x, _ in xy}) > 3  # jittered, not stacked
+    again = metric_vs_params(curves, "val_acc", {"lr"}, tmp_path / "mp2.png", MIXED)
+    assert np.array_equal(_points(_panels(again)["train.schedule"]), xy)  # deterministic
+    assert _panels(fig)["lr"].get_xscale() == "log"
+
+
+def _key(by_y: dict[float, int], y: float) -> float:
+    """The key of `by_y` equal to the drawn y (offsets are stored as float64)."""
+    (key,) = [k for k in by_y if math.isclose(k, y, abs_tol=1e-9)]
+    return key
+
+
+def test_categorical_without_distribution_uses_first_seen_order_and_yaml_text(tmp_path):
+    clips = [None, 1.0, None, 5.0, 1.0, None]
+    flags = [True, False, False, True, True, False]
+    curves = [TrialCurve(f"t{i}", "completed", [1], [0.1 * i + 0.05],
+                         {"train.grad_clip": clip, "optimizer.amsgrad": flag})
+              for i, (clip, flag) in enumerate(zip(clips, flags, strict=True))]
+    assert varying_params(curves) == ["train.grad_clip", "optimizer.amsgrad"]
+    fig = metric_vs_params(curves, "val_acc", set(), tmp_path / "mp.png")
+    panels = _panels(fig)
+    clip_ax, flag_ax = panels["train.grad_clip"], panels["optimizer.amsgrad"]
+    assert [t.get_text() for t in clip_ax.get_xticklabels()] == ["null", "1", "5"]
+    assert [t.get_text() for t in flag_ax.get_xticklabels()] == ["true", "false"]
+    index = {None: 0, 1.0: 1, 5.0: 2}
+    for x, y in _points(clip_ax):
+        i = round((y - 0.05) / 0.1)
+        assert abs(x - index[clips[i]]) <= JITTER
+    for x, y in _points(flag_ax):
+        assert abs(x - (0 if flags[round((y - 0.05) / 0.1)] else 1)) <= JITTER
+
+
+def test_int_log_param_gets_a_log_axis(tmp_path):
+    curves = _mixed(9)
+    # log from its IntDistribution, with no name in log_params
+    fig = metric_vs_params(curves, "val_acc", set(), tmp_path / "mp.png", MIXED)
+    ax = _panels(fig)["train.batch_size"]
+    assert ax.get_xscale() == "log" and ax.get_xlabel() == "train.batch_size (log)"
+    xs = sorted(float(x) for x, _ in _points(ax))
+    assert xs == sorted(float(c.params["train.batch_size"]) for c in curves)  # no jitter
+    fig.canvas.draw()  # plain labels at powers of 2, not 2x10^1 on every minor tick
+    lo, hi = ax.get_xlim()
+    shown = [t.get_text() for t, v in zip(ax.get_xticklabels(), ax.get_xticks(), strict=True)
+             if lo <= v <= hi]
+    assert shown == [str(2 ** k) for k in range(4, 9) if lo <= 2 ** k <= hi]
+    assert len(shown) >= 4
+    assert not any(t.get_text() for t in ax.get_xticklabels(minor=True))
+    # and from log_params alone, without distributions
+    fig = metric_vs_params(curves, "val_acc", {"train.batch_size"}, tmp_path / "mp2.png")
+    assert _panels(fig)["train.batch_size"].get_xscale() == "log"
+    assert _panels(fig)["lr"].get_xscale() == "linear"
+
+
+def test_conditional_param_is_drawn_from_the_trials_that_have_it(tmp_path):
+    curves = _mixed(12) + [TrialCurve("f", "failed", [], [], {"train.schedule": "onecycle",
+                                                               "train.warmup_fraction": 0.2})]
+    fig = metric_vs_params(curves, "val_acc", {"lr"}, tmp_path / "mp.png", MIXED)
+    panels = _panels(fig)
+    assert list(panels) == ["lr", "train.schedule", "train.batch_size", "train.warmup_fraction"]
+    having = [c for c in curves if "train.warmup_fraction" in c.params and c.last is not None]
+    assert len(having) == 4
+    warm = _points(panels["train.warmup_fraction"])
+    assert sorted(warm[:, 0]) == pytest.approx(
+        sorted(c.params["train.warmup_fraction"] for c in having))
+    assert sorted(warm[:, 1]) == pytest.approx(sorted(c.last for c in having))
+    for name in ("lr", "train.schedule", "train.batch_size"):
+        assert len(_points(panels[name])) == 12
+    _read_png(tmp_path / "mp.png")
+
+
+@pytest.mark.parametrize("given", ["distributions", "inferred"])
+def test_importances_rank_a_categorical_that_matters_first(given):
+    curves = [TrialCurve(c.trial_id, c.outcome, c.epochs, c.values,
+                         {k: v for k, v in c.params.items() if k != "train.warmup_fraction"})
+              for c in _mixed(30)]
+    dists = MIXED if given == "distributions" else {}
+    found = importances(curves, "val_acc", "max", dists)
+    assert set(found) == {"fanova", "ped_anova", "mean_decrease_impurity"}
+    for shares in found.values():
+        assert set(shares) == {"lr", "train.schedule", "train.batch_size"}
+        assert sum(shares.values()) == pytest.approx(1.0)
+    assert max(found["fanova"], key=found["fanova"].get) == "train.schedule"
+    assert found["fanova"]["train.schedule"] > 0.7
+    mdi = found["mean_decrease_impurity"]
+    assert max(mdi, key=mdi.get) == "train.schedule"
+    assert found["ped_anova"]["train.schedule"] > 0
+    assert importance_line(found).startswith("importance (fanova): train.schedule ")
+
+
+def test_importances_with_a_conditional_param(caplog):
+    curves = _mixed(30)
+    with caplog.at_level(logging.WARNING, logger="search.record.plots"):
+        found = importances(curves, "val_acc", "max", MIXED)
+    assert "left out" not in caplog.text  # every trial entered, with the params it has
+    assert set(found) == {"fanova", "ped_anova", "mean_decrease_impurity"}
+    everywhere = {"lr", "train.schedule", "train.batch_size"}
+    # PED-ANOVA rates the conditional param; fANOVA and MDI rate the params every trial has,
+    # fitted on all 30 trials, so the schedule still comes out on top
+    assert set(found["ped_anova"]) == everywhere | {"train.warmup_fraction"}
+    for name in ("fanova", "mean_decrease_impurity"):
+        assert set(found[name]) == everywhere
+        assert max(found[name], key=found[name].get) == "train.schedule"
+    for shares in found.values():
+        assert all(math.isfinite(v) and v >= 0 for v in shares.values())
+        assert sum(shares.values()) == pytest.approx(1.0)
+
+
+def test_draw_all_with_a_general_space(tmp_path):
+    """End to end with categorical, int and conditional params and no distributions at all:
+    nothing calls float() on a category, and the categorical param is rated."""
+    curves = [TrialCurve(c.trial_id, c.outcome, c.epochs, c.values,
+                         {**c.params, "optimizer.amsgrad": i % 2 == 0})
+              for i, c in enumerate(_mixed(30))]
+    curves[0] = TrialCurve("p0", "pruned", [1], [0.2], curves[0].params)
+    plots = draw_all(curves, "val_acc", "max", "t29", {"lr", "train.batch_size"}, {}, tmp_path)
+    assert set(plots.paths) == {"learning_curves", "metric_vs_params", "importances"}
+    assert plots.importances["fanova"]["train.schedule"] > 0.5
+    assert "train.warmup_fraction" in plots.importances["ped_anova"]
+    assert "optimizer.amsgrad" in plots.importances["fanova"]
+    for path in plots.paths.values():
+        _read_png(path)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import numbers
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ DPI = 100
 CURVES_SIZE = (8.0, 5.0)  # inches: 800 x 500 px at DPI
 PARAMS_WIDTH, PARAMS_ROW_HEIGHT, PARAMS_COLUMNS = 12.0, 3.5, 3
 IMPORTANCE_WIDTH, IMPORTANCE_COLUMNS = 12.0, 3
+JITTER = 0.15  # half the width of a categorical param's strip, in choice-index units
 
 # Evaluator short names, in the order summaries prefer them.
 EVALUATORS = ("fanova", "ped_anova", "mean_decrease_impurity")
@@ -59,7 +61,9 @@ class TrialCurve:
     outcome: str  # "completed", "pruned", "diverged", "failed"
     epochs: list[int]  # epochs with a metric value, ascending
     values: list[float]  # the search metric at those epochs (e.g. val_acc)
-    params: dict[str, float]  # the sampled hyperparameters, real magnitudes
+    # The sampled hyperparameters, real magnitudes: floats, ints, or a categorical key's
+    # choice (str, bool, None); a conditional key is absent where its condition did not hold.
+    params: dict[str, Any]
 
     @property
     def last(self) -> float | None:
@@ -86,6 +90,33 @@ def _finite(x: Any) -> bool:
         return math.isfinite(float(x))
     except (TypeError, ValueError):
         return False
+
+
+def _number(x: Any) -> bool:
+    """True for a finite real number that is not a bool (a bool is a category here)."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _is_int(x: Any) -> bool:
+    """True for an integer that is not a bool."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _categorical_values(values: Iterable[Any]) -> bool:
+    """Whether observed values are a category's (any str, bool, None or other non-number)."""
+    return any(not isinstance(v, numbers.Real) or isinstance(v, bool) for v in values)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as config values (1 and 1.0 are, 1 and true are not): search.config's rule."""
+    from search.space_rules import same_value
+
+    return same_value(a, b)
+
+
+def _present(curves: Iterable[TrialCurve], name: str) -> list[Any]:
+    """The values of `name` in the trials that have it (a conditional key may be absent)."""
+    return [c.params[name] for c in curves if name in c.params]
 
 
 def preload() -> None:
@@ -136,12 +167,13 @@ def varying_params(curves: Iterable[TrialCurve]) -> list[str]:
 
 
 def _hashable(value: Any) -> Any:
-    """A value usable in a set (floats as floats, anything odd as its repr)."""
+    """A value usable in a set, with a bool kept apart from the equal int (true is not 1);
+    anything unhashable as its repr."""
     try:
         hash(value)
-        return value
     except TypeError:
         return repr(value)
+    return (isinstance(value, bool), value)
 
 
 def _outcome_counts(curves: Sequence[TrialCurve]) -> str:
@@ -226,13 +258,18 @@ def _legend_handles(line_cls: type, drawn: Sequence[TrialCurve], best_id: str | 
 
 
 def metric_vs_params(curves: Sequence[TrialCurve], metric: str, log_params: Iterable[str],
-                     path: str | Path) -> Figure:
+                     path: str | Path,
+                     distributions: Mapping[str, BaseDistribution] | None = None) -> Figure:
     """Scatter each trial's last reported `metric` value against each searched param.
 
     The y value is the last value a trial reported (the one ASHA judged when it pruned it),
     not its best. One subplot per param that varies across trials (constants are skipped),
-    log x axis for the names in `log_params`; one scatter collection per outcome per subplot,
-    pruned trials marked apart from completed ones. Up to 3 columns, 12 in wide, 3.5 in a row.
+    drawn from the trials that have it (a conditional key is absent from some). A float or
+    int param gets a linear x axis, log for the names in `log_params` or whose distribution
+    is log; a categorical one (a CategoricalDistribution in `distributions`, or, without a
+    distribution, a str/bool/None value) a jittered strip per choice. One scatter collection
+    per outcome per subplot, pruned trials marked apart from completed ones. Up to 3
+    columns, 12 in wide, 3.5 in a row.
     """
     names = varying_params(curves)
     points = [c for c in curves if c.last is not None]
@@ -244,32 +281,92 @@ def metric_vs_params(curves: Sequence[TrialCurve], metric: str, log_params: Iter
         return _save(fig, path)
     fig.suptitle(f"{metric} (last reported value) against each hyperparameter, "
                  f"{len(points)} of {len(curves)} trials", fontsize=11)
-    log_set = set(log_params)
+    log_set, dists = set(log_params), distributions or {}
     for i, name in enumerate(names):
         ax = fig.add_subplot(nrows, ncols, i + 1)
-        _param_panel(ax, points, name, metric, log_x=name in log_set, first=i % ncols == 0)
+        dist = dists.get(name)
+        choices = _choices(_present(curves, name), dist)
+        if choices is None:
+            log_x = name in log_set or bool(getattr(dist, "log", False))
+            _numeric_x(ax, points, name, log_x)
+        else:
+            _choice_x(ax, points, name, choices)
+        _label_panel(ax, name, metric, first=i % ncols == 0)
     handles, labels = fig.axes[0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="outside lower center", ncols=len(handles), fontsize=9)
     return _save(fig, path)
 
 
-def _param_panel(ax: Axes, points: Sequence[TrialCurve], name: str, metric: str, log_x: bool,
-                 first: bool) -> None:
-    """One subplot: the last metric value of each trial against the param `name`."""
+def _choices(values: list[Any], dist: BaseDistribution | None) -> list[Any] | None:
+    """A categorical param's choices in the order its strips are drawn (the distribution's,
+    then any observed value it lacks, first seen first); None for a numeric param."""
+    given = getattr(dist, "choices", None)  # a CategoricalDistribution's, without importing it
+    if given is None and (dist is not None or not _categorical_values(values)):
+        return None
+    choices = list(given or ())
+    for v in values:
+        if not any(_same(v, c) for c in choices):
+            choices.append(v)
+    return choices
+
+
+def _numeric_x(ax: Axes, points: Sequence[TrialCurve], name: str, log_x: bool) -> None:
+    """Scatter a float or int param at its value (trials without a finite number left out),
+    on a log axis when asked for and every value is positive."""
+    xs = [float(c.params[name]) if _number(c.params.get(name)) else None for c in points]
+    _scatter_outcomes(ax, points, xs)
+    drawn = [x for x in xs if x is not None]
+    if log_x and drawn and min(drawn) > 0:
+        ax.set_xscale("log")
+        if all(_is_int(c.params[name]) for c in points if _number(c.params.get(name))):
+            _int_log_ticks(ax)
+    elif log_x and drawn:  # a log axis needs positive values
+        log.warning("metric_vs_params: %s has values <= 0, drawn on a linear axis", name)
+
+
+def _int_log_ticks(ax: Axes) -> None:
+    """Plain labels at powers of 2 on an int param's log axis (16, 32, 64): matplotlib's
+    default labels the minor ticks of a range under a decade as overlapping 2x10^1, 3x10^1."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(base=2, numticks=8))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _choice_x(ax: Axes, points: Sequence[TrialCurve], name: str, choices: list[Any]) -> None:
+    """Scatter a categorical param as one strip per choice: x is the choice's index plus a
+    seeded jitter (the same picture every time), tick labels the choices as YAML text."""
+    import numpy as np
+
+    from search.space import fmt
+
+    jitter = np.random.default_rng(0).uniform(-JITTER, JITTER, len(points))
+    xs: list[float | None] = []
+    for curve, dx in zip(points, jitter, strict=True):
+        value = curve.params.get(name)
+        index = next((i for i, c in enumerate(choices) if _same(value, c)), None)
+        xs.append(None if name not in curve.params or index is None else index + float(dx))
+    _scatter_outcomes(ax, points, xs)
+    ax.set_xticks(range(len(choices)), labels=[fmt(c) for c in choices])
+    ax.set_xlim(-0.5, len(choices) - 0.5)
+
+
+def _scatter_outcomes(ax: Axes, points: Sequence[TrialCurve],
+                      xs: Sequence[float | None]) -> None:
+    """One scatter per outcome present among `points` (so every panel has the same legend),
+    of the points with an x (`xs` is aligned with `points`; None leaves a trial out)."""
     outcomes = [o for o in STYLES if any(_outcome_key(c) == o for c in points)]
     for outcome in outcomes:
-        xs, ys = [], []
-        for curve in points:
-            if _outcome_key(curve) == outcome and _finite(curve.params.get(name)):
-                xs.append(float(curve.params[name]))
-                ys.append(curve.last)
-        ax.scatter(xs, ys, label=outcome, alpha=0.8, s=28, **_style(outcome)["scatter"])
-    xs_all = [float(c.params[name]) for c in points if _finite(c.params.get(name))]
-    if log_x and xs_all and min(xs_all) > 0:
-        ax.set_xscale("log")
-    elif log_x and xs_all:  # a log axis needs positive values
-        log.warning("metric_vs_params: %s has values <= 0, drawn on a linear axis", name)
+        xy = [(x, c.last) for x, c in zip(xs, points, strict=True)
+              if x is not None and _outcome_key(c) == outcome]
+        px, py = [x for x, _ in xy], [y for _, y in xy]
+        ax.scatter(px, py, label=outcome, alpha=0.8, s=28, **_style(outcome)["scatter"])
+
+
+def _label_panel(ax: Axes, name: str, metric: str, first: bool) -> None:
+    """Title, axis labels (the y label only on a row's first panel) and grid of a panel."""
     ax.set_title(name, fontsize=10)
     ax.set_xlabel(name + (" (log)" if ax.get_xscale() == "log" else ""))
     if first:
@@ -328,16 +425,17 @@ def importances(curves: Sequence[TrialCurve], metric: str, mode: str,
     reported `metric` (as Optuna's get_param_importances uses only COMPLETE trials): a pruned
     trial's last value comes from an earlier epoch than a completed one's, so mixing them would
     credit the params with the effect of training length. Params are those that vary across
-    trials; one missing from `distributions`, or whose distribution does not hold the observed
-    values, gets a float distribution over its observed range. Shares are normalised to sum to
-    1 per evaluator. {} when fewer than 2 usable trials or no varying param; an evaluator that
+    trials, categorical ones included; one missing from `distributions`, or whose distribution
+    does not hold the observed values, gets one inferred from them (categorical over the
+    observed values if any is a str/bool/None, else an int or float range). A conditional
+    param enters only the trials that have it: PED-ANOVA rates it, while fANOVA and MDI rate
+    only the params every trial has (see `_params_for`). Shares are normalised to sum to 1 per
+    evaluator. {} when fewer than 2 usable trials or no varying param; an evaluator that
     raises is skipped with a warning.
     """
     if mode not in ("max", "min"):
         raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
-    names = varying_params(curves)
-    usable = [c for c in curves if c.outcome == "completed" and c.last is not None
-              and all(_finite(c.params.get(n)) for n in names)]
+    usable = [c for c in curves if c.outcome == "completed" and c.last is not None]
     names = varying_params(usable)
     if len(usable) < 2 or not names:
         log.info("importances of %s: %d usable completed trials, %d varying params: none",
@@ -348,13 +446,38 @@ def importances(curves: Sequence[TrialCurve], metric: str, mode: str,
         if study is None:
             return {}
         result = {}
-        # Sorted: Optuna 5.0's MeanDecreaseImpurityImportanceEvaluator pairs its forest's
-        # columns (params sorted by name) with `params` in the caller's order.
         for short, evaluator in _evaluators():
-            shares = _evaluate(short, evaluator, study, sorted(names))
+            params = _params_for(short, study)
+            shares = _evaluate(short, evaluator, study, params) if params else None
             if shares is not None:
                 result[short] = shares
     return result
+
+
+def _params_for(short: str, study: Any) -> list[str]:
+    """The params an evaluator can rate on `study`, sorted by name: Optuna 5's
+    MeanDecreaseImpurityImportanceEvaluator pairs its forest's columns (params sorted by
+    name) with `params` in the caller's order.
+
+    All three take categorical params (fANOVA and MDI one-hot encode them through
+    _SearchSpaceTransform, PED-ANOVA fits a categorical Parzen estimator). Params missing
+    from some trials differ: PED-ANOVA partitions the trials into regimes by whether (and
+    with which distribution) a param is present (Conditional PED-ANOVA), so it rates every
+    param. fANOVA and MDI fit one forest on the trials that have *all* the asked params and
+    drop the rest; asked for a conditional param they would fit on that subset alone, where
+    the param it depends on (e.g. the schedule) is constant and so rated 0. They are
+    therefore asked only for the params every trial has, over all trials, and a
+    conditional param gets no fANOVA/MDI share.
+    """
+    trials = study.get_trials(deepcopy=False)
+    present = {n for t in trials for n in t.params}
+    if short == "ped_anova":
+        return sorted(present)
+    everywhere = sorted(n for n in present if all(n in t.params for t in trials))
+    if len(everywhere) < len(present):
+        log.info("importances: %s rates %s, not the conditional %s", short, everywhere,
+                 sorted(present - set(everywhere)))
+    return everywhere
 
 
 def _evaluators() -> list[tuple[str, Any]]:
@@ -401,54 +524,102 @@ def _evaluate(short: str, evaluator: Any, study: Any, names: list[str]) -> dict[
 
 def _study(usable: Sequence[TrialCurve], names: list[str], mode: str,
            distributions: Mapping[str, BaseDistribution]) -> Any:
-    """An in-memory Optuna study holding the usable trials as COMPLETE trials (or None)."""
+    """An in-memory Optuna study holding the usable trials as COMPLETE trials, each with the
+    params it has (or None when fewer than 2 could be added)."""
     import optuna
 
-    dists = {n: _distribution(n, [float(c.params[n]) for c in usable], distributions.get(n))
-             for n in names}
+    dists = {}
+    for name in names:
+        dist = _distribution(name, _present(usable, name), distributions.get(name))
+        if dist is not None:
+            dists[name] = dist
     study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
-    added = 0
-    for curve in usable:
-        params = {n: _param_value(dists[n], float(curve.params[n])) for n in names}
-        try:
-            trial = optuna.trial.create_trial(params=params, distributions=dists,
-                                              value=curve.last,
-                                              state=optuna.trial.TrialState.COMPLETE)
-            study.add_trial(trial)
-            added += 1
-        except Exception as e:  # noqa: BLE001 - a trial Optuna rejects is left out
-            log.warning("importances: trial %s left out: %s", curve.trial_id, e)
+    added = sum(_add_trial(study, curve, dists) for curve in usable)
     return study if added >= 2 else None
 
 
-def _distribution(name: str, values: list[float], given: BaseDistribution | None) -> Any:
-    """`given` when it holds every observed value, else a float range over the values."""
+def _add_trial(study: Any, curve: TrialCurve, dists: Mapping[str, Any]) -> bool:
+    """Add `curve` as a COMPLETE trial with the params it has; False (with a warning) when
+    Optuna rejects it, e.g. for a value outside its distribution or NaN."""
+    import optuna
+
+    own = {n: d for n, d in dists.items() if n in curve.params}
+    try:
+        params = {n: _param_value(d, curve.params[n]) for n, d in own.items()}
+        trial = optuna.trial.create_trial(params=params, distributions=own, value=curve.last,
+                                          state=optuna.trial.TrialState.COMPLETE)
+        study.add_trial(trial)
+    except Exception as e:  # noqa: BLE001 - a trial Optuna rejects is left out
+        log.warning("importances: trial %s left out: %s", curve.trial_id, e)
+        return False
+    return True
+
+
+def _distribution(name: str, values: list[Any], given: BaseDistribution | None) -> Any:
+    """`given` when it holds every observed value, else one inferred from them (None, with a
+    warning, when there is nothing to infer it from)."""
+    if given is not None and _holds(given, values):
+        return given
+    inferred = _inferred(values, given)
+    if given is not None:
+        log.warning("importances: %s's distribution %s does not hold its values %s; using %s",
+                    name, given, _span(values), inferred)
+    if inferred is None:
+        log.warning("importances: %s has no usable value, left out", name)
+    return inferred
+
+
+def _holds(dist: BaseDistribution, values: list[Any]) -> bool:
+    """Whether every value is one of a categorical's choices, or a number in a range (an
+    integer one for an int range)."""
+    choices = getattr(dist, "choices", None)
+    if choices is not None:
+        return all(any(_same(v, c) for c in choices) for v in values)
+    low, high = getattr(dist, "low", None), getattr(dist, "high", None)
+    if low is None or high is None:
+        return False
+    from optuna.distributions import IntDistribution
+
+    whole = isinstance(dist, IntDistribution)
+    return all(_number(v) and low <= v <= high and (not whole or float(v).is_integer())
+               for v in values)
+
+
+def _inferred(values: list[Any], given: BaseDistribution | None) -> Any:
+    """A distribution for observed values: categorical over `given`'s choices and the
+    observed ones if any value is a category's, an int range over integers, a float range
+    otherwise; None without a finite number to span."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    if isinstance(given, FloatDistribution | IntDistribution):
-        holds = all(given.low <= v <= given.high for v in values)
-    elif isinstance(given, CategoricalDistribution):
-        holds = all(v in given.choices for v in values)
-    else:
-        holds = False
-    if holds:
-        return given
-    if given is not None:
-        log.warning("importances: %s's distribution %s does not hold its values %s..%s; "
-                    "using their range", name, given, min(values), max(values))
-    return FloatDistribution(min(values), max(values))
+    choices = _choices(values, given if hasattr(given, "choices") else None)
+    if choices is not None:
+        return CategoricalDistribution(choices)
+    finite = [v for v in values if _number(v)]
+    if not finite:
+        return None
+    if all(_is_int(v) for v in finite):
+        return IntDistribution(int(min(finite)), int(max(finite)))
+    return FloatDistribution(float(min(finite)), float(max(finite)))
 
 
-def _param_value(dist: Any, value: float) -> Any:
-    """A float param as its distribution expects it (an int for an IntDistribution, the
-    matching choice for a categorical one)."""
+def _span(values: list[Any]) -> str:
+    """Observed values in a few words for a warning: 'a..b' for numbers, else the set."""
+    finite = [v for v in values if _number(v)]
+    if len(finite) == len(values) and finite:
+        return f"{min(finite)}..{max(finite)}"
+    return repr(list({_hashable(v): v for v in values}.values()))
+
+
+def _param_value(dist: Any, value: Any) -> Any:
+    """A param as its distribution expects it: an int for an IntDistribution, the matching
+    choice itself for a categorical one (true stays true, not 1), a float otherwise."""
     from optuna.distributions import CategoricalDistribution, IntDistribution
 
-    if isinstance(dist, IntDistribution):
-        return int(round(value))
     if isinstance(dist, CategoricalDistribution):
-        return next((c for c in dist.choices if c == value), value)
-    return value
+        return next((c for c in dist.choices if _same(c, value)), value)
+    if isinstance(dist, IntDistribution):
+        return int(round(float(value)))
+    return float(value)
 
 
 @contextlib.contextmanager
@@ -505,7 +676,8 @@ def draw_all(curves: Sequence[TrialCurve], metric: str, mode: str, best_id: str 
             log.exception("could not draw %s", path)
 
     attempt("learning_curves", lambda p: learning_curves(curves, metric, mode, best_id, p))
-    attempt("metric_vs_params", lambda p: metric_vs_params(curves, metric, log_params, p))
+    attempt("metric_vs_params",
+            lambda p: metric_vs_params(curves, metric, log_params, p, distributions))
     try:
         dists = _with_log(distributions, curves, log_params)
         found = importances(curves, metric, mode, dists)
@@ -518,16 +690,22 @@ def draw_all(curves: Sequence[TrialCurve], metric: str, mode: str, best_id: str 
 
 def _with_log(distributions: Mapping[str, BaseDistribution], curves: Sequence[TrialCurve],
               log_params: set[str]) -> dict[str, Any]:
-    """`distributions` completed with a float range (log for `log_params`) for each varying
-    param it lacks, so that PED-ANOVA's grid follows the scale the param was searched on."""
-    from optuna.distributions import FloatDistribution
+    """`distributions` completed with a numeric range (log for `log_params`) for each varying
+    numeric param it lacks, so that PED-ANOVA's grid follows the scale the param was searched
+    on. A categorical param it lacks is left to `importances`, which infers its choices."""
+    from optuna.distributions import FloatDistribution, IntDistribution
 
     out: dict[str, Any] = dict(distributions)
     for name in varying_params(curves):
-        if name in out:
+        values = [] if name in out else _present(curves, name)
+        if not values or _categorical_values(values):
             continue
-        values = [float(c.params[name]) for c in curves if _finite(c.params.get(name))]
-        if len(values) >= 2 and min(values) < max(values):
-            log_scale = name in log_params and min(values) > 0
-            out[name] = FloatDistribution(min(values), max(values), log=log_scale)
+        finite = [v for v in values if _number(v)]
+        if len(finite) >= 2 and min(finite) < max(finite):
+            log_scale = name in log_params and min(finite) > 0
+            if all(_is_int(v) for v in finite):
+                out[name] = IntDistribution(int(min(finite)), int(max(finite)), log=log_scale)
+            else:
+                out[name] = FloatDistribution(float(min(finite)), float(max(finite)),
+                                              log=log_scale)
     return out

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 from ray import tune
 
 from search import config as config_
+from search import space as space_
 from search.config import SearchConfig, TrialConfig
 from search.record import plots
 from search.record.progress import sample_line
 from search.record.store import CHAMPION, CHAMPION_CHECKPOINT, LOCAL_UI, reopened, ui_link
 from search.record.tracking import Tracker, error_line, outcome, redact
-from search import space as space_
 from search.space import fmt, trial_config, trial_params
 
 if TYPE_CHECKING:
@@ -249,8 +249,9 @@ def _markdown_table(rows: list[TrialSummary], metric: str, limit: int = 10) -> l
              + " | ".join(short[n] for n in names) + " |", "|" + "---|" * (6 + len(names))]
     for i, r in enumerate(rows[:limit], 1):
         loss = (r.result.metrics or {}).get("val_loss", math.nan)
+        values = [fmt(r.params[n]) if n in r.params else "" for n in names]
         lines.append(f"| {i} | {r.trial_id} | {r.outcome} | {r.epochs} | {r.value:.4f} | "
-                     f"{loss:.4f} | " + " | ".join(fmt(r.params[n]) if n in r.params else "" for n in names) + " |")
+                     f"{loss:.4f} | " + " | ".join(values) + " |")
     return lines
 
 
