@@ -9,7 +9,7 @@ builds for that data.
 from __future__ import annotations
 
 import models
-from search.config import ConfigError, DataConfig, TrialConfig
+from search.config import ConfigError, DataConfig, SearchConfig, TrialConfig
 from search.trial import data
 
 # (classes, channels, side) of the built-in datasets, known without loading them.
@@ -31,7 +31,23 @@ def check(cfg: TrialConfig) -> None:
     """Raise ConfigError, naming the field and value, for what no trial could get past."""
     data.check_present(cfg.data)
     num_classes, channels, side = data_shape(cfg.data)
-    try:
-        models.build(cfg.model.name, num_classes, channels, side, **cfg.model.kwargs)
-    except models.ModelError as e:
-        raise ConfigError(f"model.name: {e}") from None
+    for field, kwargs in model_kwargs(cfg):
+        try:
+            models.build(cfg.model.name, num_classes, channels, side, **kwargs)
+        except models.ModelError as e:
+            raise ConfigError(f"{field}: {e}") from None
+
+
+def model_kwargs(cfg: TrialConfig) -> list[tuple[str, dict]]:
+    """The model's arguments to build it with, each with the field it comes from: as
+    configured, and for a search with each value the space can give a searched
+    `model.kwargs.NAME` (both bounds, every choice), so that a plug-in factory that does
+    not take an argument, or breaks at a bound, is found here rather than in every trial."""
+    keys = cfg.space.keys() if isinstance(cfg, SearchConfig) else {}
+    out = [("model.name", dict(cfg.model.kwargs))]
+    for key, r in keys.items():
+        if key.startswith("model.kwargs."):
+            name = key.removeprefix("model.kwargs.")
+            out += [(f"space.{key} {v!r}", {**cfg.model.kwargs, name: v})
+                    for v in r.candidates()]
+    return out

@@ -179,6 +179,12 @@ BAD = {
     "factory returns no module": ('model: {name: "mynet:not_a_module"}',
                                   "the factory returned str, not a torch.nn.Module"),
     "factory missing": ('model: {name: "mynet:absent"}', "mynet has no callable 'absent'"),
+    "searched argument the factory lacks": (
+        'model: {name: "mynet:tiny"}\nspace: {model.kwargs.depth: {choices: [1, 2]}}',
+        "space.model.kwargs.depth 1: model 'mynet:tiny': the factory raised TypeError"),
+    "searched argument breaks the factory": (
+        'model: {name: "mynet:tiny"}\nspace: {model.kwargs.width: {choices: [8, wide]}}',
+        "space.model.kwargs.width 'wide': model 'mynet:tiny': the factory raised TypeError"),
     "model name is no import path": ('model: {name: "my-net"}', "unknown model 'my-net'"),
     "empty image folder": ("data: {dataset: imagefolder, root: empty}",
                            "Found no valid file for the classes class_a"),
