@@ -2,6 +2,7 @@
 
     python -m bench.curves digits --samples 400          # -> bench/curves/digits.json.gz
     python -m bench.curves digits28 --samples 200        # -> bench/curves/digits28.json.gz
+    python -m bench.space_compare                        # digits-lr and digits-joint tables
 
 Each table is built with the project's own search (`search.run.run_search`): random sampler,
 FIFO scheduler (every trial trains the full budget), no `points_to_evaluate`, nothing
@@ -14,12 +15,19 @@ Tasks (all real images; nothing can be downloaded on the machine this was built 
 - `digits28`: the same 1,797 digits written as PNG files (conf/own_model/make_image_folder.py)
   and read through the `imagefolder` code path resized to 28x28 (MNIST's shape), with the
   MLP instead of the CNN, 15 epochs: another model and input size on the same images.
+- `digits-lr`: digits with Adam's other keys fixed (beta1 0.9, beta2 0.999, eps 1e-8), the
+  learning rate alone searched (log [1e-4, 1e-1]) under a constant schedule, batch size 128.
+- `digits-joint`: the same, with the learning rate searched jointly with `train.schedule`
+  (constant, cosine, onecycle), `train.warmup_fraction` ([0.05, 0.3], onecycle only) and
+  `train.batch_size` (32, 64, 128). bench/space_compare.py compares the two.
 
-A table row: the sample (searched names as Optuna names them), the trainer seed, per epoch
-val_acc, val_loss and epoch_s, and `startup_s`: the trial's first iteration as Tune timed it
-minus its first epoch, i.e. what a trial costs before it trains (sample, process hand-over,
-model and optimizer set-up). The tables are git-ignored (bench/curves/); rebuild them with
-the commands above (about 15 to 30 minutes each on 2 cores).
+A table row: the sample (searched names as Optuna names them; a categorical value as it
+is, a number as a float, a conditional key that was not sampled left out), the trainer seed,
+per epoch val_acc, val_loss and epoch_s, and `startup_s`: the trial's first iteration as
+Tune timed it minus its first epoch, i.e. what a trial costs before it trains (sample,
+process hand-over, model and optimizer set-up). The tables are git-ignored (bench/curves/);
+rebuild them with the commands above (about 15 to 30 minutes each on 2 cores). `--set
+KEY=VALUE` adds a config override (fewer epochs, say); the table records every override.
 """
 
 from __future__ import annotations
@@ -39,11 +47,20 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 FOLDER = Path(__file__).with_name("curves")
 PNG = ROOT / "data" / "digits-png"
+ADAM_FIXED = ["space.beta1.value=0.9", "space.one_minus_beta2.value=1.0e-3",
+              "space.eps.value=1.0e-8"]  # Adam's defaults; weight_decay is fixed at 0 already
 TASKS: dict[str, tuple[str, list[str]]] = {
     "digits": ("conf/digits.yaml", []),
     "digits28": ("conf/digits.yaml", [
         "data.dataset=imagefolder", f"data.root={PNG}", "data.image_size=28",
         "data.channels=1", "model.name=mlp"]),
+    "digits-lr": ("conf/digits.yaml", [
+        *ADAM_FIXED, "train.schedule=constant", "train.batch_size=128"]),
+    "digits-joint": ("conf/digits.yaml", [
+        *ADAM_FIXED,
+        "space.train.schedule={choices: [constant, cosine, onecycle]}",
+        "space.train.warmup_fraction={low: 0.05, high: 0.3, when: {train.schedule: onecycle}}",
+        "space.train.batch_size={choices: [32, 64, 128]}"]),
 }
 
 
@@ -52,16 +69,24 @@ def table_path(task: str) -> Path:
     return FOLDER / f"{task}.json.gz"
 
 
-def overrides(task: str, samples: int, concurrent: int, seed: int) -> list[str]:
+def overrides(task: str, samples: int, concurrent: int, seed: int,
+              extra: list[str] = ()) -> list[str]:
     """The search that measures every configuration to the full budget: random, FIFO."""
-    return [*TASKS[task][1], f"search.num_samples={samples}",
+    return [*TASKS[task][1], *extra, f"search.num_samples={samples}",
             f"search.max_concurrent={concurrent}", f"search.seed={seed}",
             "search.sampler=random", "scheduler.name=fifo", "search.points_to_evaluate=[]",
             "mlflow.register_as=null"]
 
 
+def param(value: Any) -> Any:
+    """A sampled value as a table keeps it: a number as a float, a category as it is."""
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return float(value) if numeric else value
+
+
 def read_trial(folder: Path, names: list[str]) -> dict[str, Any] | None:
-    """One trial's row from Ray's result.json (one JSON line per epoch); None if empty."""
+    """One trial's row from Ray's result.json (one JSON line per epoch); None if empty.
+    A conditional name the trial did not sample is left out of its params."""
     path = folder / "result.json"
     if not path.is_file():
         return None
@@ -73,7 +98,7 @@ def read_trial(folder: Path, names: list[str]) -> dict[str, Any] | None:
     first = results[0]
     return {
         "trial_id": first["trial_id"],
-        "params": {n: float(config[n]) for n in names},
+        "params": {n: param(config[n]) for n in names if n in config},
         "val_acc": [float(r["val_acc"]) for r in results],
         "val_loss": [float(r["val_loss"]) for r in results],
         "epoch_s": [float(r["epoch_s"]) for r in results],
@@ -92,8 +117,9 @@ def collect(experiment: Path, names: list[str]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r["start_ts"])
 
 
-def build(task: str, samples: int, concurrent: int, seed: int, out: Path) -> dict[str, Any]:
-    """Run the search of `task` and write its table to `out`."""
+def build(task: str, samples: int, concurrent: int, seed: int, out: Path,
+          extra: list[str] = ()) -> dict[str, Any]:
+    """Run the search of `task` (with the `extra` overrides) and write its table to `out`."""
     from search import config as config_
     from search.run import run_search
     from search.space import searched
@@ -102,7 +128,7 @@ def build(task: str, samples: int, concurrent: int, seed: int, out: Path) -> dic
         subprocess.run([sys.executable, str(ROOT / "conf/own_model/make_image_folder.py"),
                         str(PNG)], check=True)
     conf, _ = TASKS[task]
-    sets = overrides(task, samples, concurrent, seed)
+    sets = overrides(task, samples, concurrent, seed, list(extra))
     cfg = config_.load(ROOT / conf, sets)
     work = Path(tempfile.mkdtemp(prefix=f"curves-{task}-"))
     start = time.time()
@@ -147,9 +173,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--concurrent", type=int, default=2)
     p.add_argument("--seed", type=int, default=12345)
     p.add_argument("--out", type=Path)
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override besides the task's (repeatable)")
     args = p.parse_args(argv)
     out = args.out or table_path(args.task)
-    table = build(args.task, args.samples, args.concurrent, args.seed, out)
+    table = build(args.task, args.samples, args.concurrent, args.seed, out, args.sets)
     rows = table["trials"]
     finals = sorted(r["val_acc"][-1] for r in rows)
     print(f"wrote {out}: {len(rows)} trials x {table['epochs']} epochs in "

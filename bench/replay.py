@@ -10,10 +10,22 @@ tune_controller): `scheduler.on_trial_add`; per result `scheduler.on_trial_resul
 on_trial_complete` and `searcher.on_trial_complete` with the last result. So pruned trials
 reach Optuna as PRUNED exactly as in a live search.
 
-A sampled configuration gets the curve of its nearest neighbour in the table, by Euclidean
-distance in the searched names scaled to [0, 1] of the table's space (log-scaled where the
-table's range is): a tabular benchmark over the table's configurations, which is as fine as
-the table is dense (hundreds of rows in four dimensions).
+A sampled configuration gets the curve of its nearest neighbour in the table: a tabular
+benchmark over the table's configurations, which is as fine as the table is dense (hundreds
+of rows in four dimensions). The table's searched names are its coordinates (`scale`):
+- a float or int range: scaled to [0, 1] of the table's range (log-scaled where the range
+  is; an int range exactly as a float one);
+- a categorical key (`choices`): the index of the value among the choices, compared for
+  equality only (a value the choices lack matches no row);
+- a key absent from a sample or a row (a conditional key whose `when:` did not hold, e.g.
+  `train.warmup_fraction` under any schedule but onecycle): NaN, which is its own category.
+Categories must match exactly: the nearest row is, among the rows with the fewest mismatched
+categories (a categorical key of another value, or a key present on one side only; zero
+whenever the table holds a row of the sample's categories), the one at the least Euclidean
+distance over the numeric keys both have (ties: the first row). So a sample never gets the
+curve of another schedule or batch size while the table has its own, however near the
+learning rates; not a large penalty added to the distance but an order, mismatches first.
+Over floats only this is the plain Euclidean nearest row, as before categories existed.
 
 Time is simulated: `concurrent` workers; a trial costs the measured per-trial overhead
 (`overheads`: start-up and hand-over, from the table's own search), then per epoch its
@@ -55,16 +67,38 @@ class Table:
         return np.array([curve[-1] for curve in self.val_acc])
 
 
-def scale(space: SpaceConfig, names: list[str], params: dict[str, float]) -> np.ndarray:
-    """`params` as a point of the unit cube of `space` (log-scaled where its range is)."""
+def scale(space: SpaceConfig, names: list[str], params: dict[str, Any]) -> np.ndarray:
+    """`params` as a point of the unit cube of `space` (log-scaled where its range is); a
+    categorical key as the index of its value among the choices (-1: not one of them), an
+    absent key as NaN (module docstring)."""
+    keys = space.keys()
     out = []
     for name in names:
-        r = getattr(space, name)
-        lo, hi, v = r.low, r.high, float(params[name])
-        if r.log:
-            lo, hi, v = math.log(lo), math.log(hi), math.log(v)
-        out.append((v - lo) / (hi - lo) if hi > lo else 0.0)
+        r = keys[name]
+        if name not in params:
+            out.append(math.nan)
+        elif r.categorical:
+            out.append(next((float(i) for i, c in enumerate(r.choices)
+                             if same_value(c, params[name])), -1.0))
+        else:
+            lo, hi, v = r.low, r.high, float(params[name])
+            if r.log:
+                lo, hi, v = math.log(lo), math.log(hi), math.log(v)
+            out.append((v - lo) / (hi - lo) if hi > lo else 0.0)
     return np.array(out)
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Equal as config values: 64 and 64.0 are (a table keeps numbers as floats), 1 and
+    true are not."""
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
+    return a == b and (numbers or type(a) is type(b))
+
+
+def categorical(space: SpaceConfig, names: list[str]) -> np.ndarray:
+    """Per name, whether `space` samples it from choices."""
+    keys = space.keys()
+    return np.array([keys[name].categorical for name in names], dtype=bool)
 
 
 def overheads(raw: dict[str, Any]) -> tuple[float, float]:
@@ -100,10 +134,22 @@ def table(raw: dict[str, Any]) -> Table:
     )
 
 
-def nearest(t: Table, params: dict[str, float]) -> int:
-    """The table row nearest to a sampled configuration."""
-    d = ((t.points - scale(t.space, t.names, params)) ** 2).sum(axis=1)
-    return int(np.argmin(d))
+def nearest(t: Table, params: dict[str, Any]) -> int:
+    """The table row nearest to a sampled configuration: fewest mismatched categories
+    first, then Euclidean distance over the numeric keys (module docstring)."""
+    p = scale(t.space, t.names, params)
+    cats = categorical(t.space, t.names)
+    absent_rows, absent = np.isnan(t.points), np.isnan(p)
+    if not cats.any() and not absent.any() and not absent_rows.any():
+        d = ((t.points - p) ** 2).sum(axis=1)  # floats only: plain Euclidean
+        return int(np.argmin(d))
+    both = ~absent_rows & ~absent
+    diff = np.where(both, t.points - p, 0.0)
+    d = (diff[:, ~cats] ** 2).sum(axis=1)
+    mismatched = (absent_rows != absent) | (cats & both & (t.points != p))
+    misses = mismatched.sum(axis=1)
+    candidates = np.flatnonzero(misses == misses.min())
+    return int(candidates[np.argmin(d[candidates])])
 
 
 @dataclass(frozen=True)
@@ -139,7 +185,7 @@ class Trial:
     """One replayed trial; also the stand-in Ray's scheduler gets (it reads `trial_id`)."""
 
     trial_id: str
-    params: dict[str, float]
+    params: dict[str, Any]
     row: int
     start_s: float
     epochs: int = 0  # epochs trained

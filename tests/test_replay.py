@@ -148,3 +148,90 @@ def test_strategy_builds_the_named_sampler_and_hyperband_brackets():
     assert isinstance(strategy.sampler(SearchSection()), optuna.samplers.RandomSampler)
     s = strategy.scheduler(SchedulerConfig(grace_period=1, reduction_factor=3, brackets=3), 15)
     assert [[m for m, _ in b._rungs] for b in s._brackets] == [[9, 3, 1], [9, 3], [9]]
+
+
+SCHEDULES = ("constant", "cosine", "onecycle")
+
+
+def mixed_table(rows_per_schedule: int = 10, seed: int = 0) -> tuple[replay.Table, list[dict]]:
+    """A table over lr x train.schedule (categorical) x train.warmup_fraction (onecycle
+    only) x train.batch_size (int, log), read as a table file is (`replay.table`): onecycle
+    rows are all better than cosine ones, cosine than constant, and the learning rates of
+    the three schedules interleave, so that a row of the wrong schedule is often the
+    nearest by learning rate and batch size alone."""
+    rng = np.random.default_rng(seed)
+    space = SpaceConfig.model_validate({
+        "beta1": {"value": 0.9}, "one_minus_beta2": {"value": 1e-3}, "eps": {"value": 1e-8},
+        "train.schedule": {"choices": list(SCHEDULES)},
+        "train.warmup_fraction": {"low": 0.05, "high": 0.3,
+                                  "when": {"train.schedule": "onecycle"}},
+        "train.batch_size": {"low": 16, "high": 256, "int": True, "log": True},
+    })
+    trials = []
+    for i in range(rows_per_schedule * len(SCHEDULES)):
+        schedule = SCHEDULES[i % 3]
+        params = {"lr": float(10 ** rng.uniform(-4, -1)), "train.schedule": schedule,
+                  "train.batch_size": float(int(2 ** rng.uniform(4, 8)))}
+        if schedule == "onecycle":
+            params["train.warmup_fraction"] = float(rng.uniform(0.05, 0.3))
+        final = 0.5 + 0.2 * SCHEDULES.index(schedule) + 0.05 * rng.uniform()
+        trials.append({"params": params, "epoch_s": [0.1] * EPOCHS,
+                       "val_acc": [final * (1 - 0.5 ** e) for e in range(1, EPOCHS + 1)]})
+    raw = {"space": space.model_dump(mode="json"), "epochs": EPOCHS, "trials": trials,
+           "names": ["lr", "train.schedule", "train.warmup_fraction", "train.batch_size"],
+           "trial_overhead_s": 0.5}
+    return replay.table(raw), trials
+
+
+def test_nearest_matches_categories_and_absent_keys_exactly():
+    t, trials = mixed_table()
+    for row, trial in enumerate(trials):
+        assert replay.nearest(t, trial["params"]) == row  # int and absent keys included
+    onecycle = next(tr["params"] for tr in trials if tr["params"]["train.schedule"] == "onecycle")
+    for schedule in ("constant", "cosine"):  # same lr and batch size, another schedule
+        sample = {k: v for k, v in onecycle.items() if k != "train.warmup_fraction"}
+        row = trials[replay.nearest(t, sample | {"train.schedule": schedule})]["params"]
+        assert row["train.schedule"] == schedule and "train.warmup_fraction" not in row
+    # A onecycle sample whose warm-up is missing still gets a onecycle row (one mismatch,
+    # the absent key, rather than two).
+    sample = {k: v for k, v in onecycle.items() if k != "train.warmup_fraction"}
+    assert trials[replay.nearest(t, sample)]["params"]["train.schedule"] == "onecycle"
+    # Absent is a value of its own: of two onecycle rows, one without a warm-up (as a
+    # table of another space has), a sample gets the one that agrees on having a warm-up,
+    # however near the other's learning rate.
+    with_warmup = {"lr": 1e-3, "train.schedule": "onecycle", "train.batch_size": 64,
+                   "train.warmup_fraction": 0.1}
+    without = {"lr": 1e-2, "train.schedule": "onecycle", "train.batch_size": 64}
+    two = replay.Table(names=t.names, space=t.space, epochs=EPOCHS,
+                       points=np.array([replay.scale(t.space, t.names, p)
+                                        for p in (with_warmup, without)]),
+                       val_acc=[[0.5], [0.6]], epoch_s=[[0.1], [0.1]],
+                       trial_overhead_s=0.0, epoch_overhead_s=0.0)
+    assert replay.nearest(two, without | {"train.warmup_fraction": 0.1}) == 0
+    assert replay.nearest(two, with_warmup | {"train.warmup_fraction": 0.1}) == 0
+    assert replay.nearest(two, {k: v for k, v in with_warmup.items()
+                                if k != "train.warmup_fraction"}) == 1
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_replay_over_categorical_and_int_keys_keeps_each_sample_in_its_category(sampler):
+    t, trials = mixed_table()
+    later = []
+    for seed in range(4):
+        trace = replay.replay(t, replay.method(sampler, sampler, n_startup_trials=4), seed,
+                              max_trials=16, budget_epochs=10_000)
+        assert len(trace.trials) == 16
+        for tr in trace.trials:
+            row = trials[tr.row]["params"]
+            assert row["train.schedule"] == tr.params["train.schedule"]
+            assert ("train.warmup_fraction" in row) == ("train.warmup_fraction" in tr.params)
+            assert ("train.warmup_fraction" in tr.params) == (
+                tr.params["train.schedule"] == "onecycle")
+            assert isinstance(tr.params["train.batch_size"], int)
+        best = max(trace.trials, key=lambda tr: t.finals[tr.row])
+        assert best.params["train.schedule"] == "onecycle"  # the clearly better category
+        assert all("train.schedule" in tr.params
+                   for tr in trace.study.get_trials(deepcopy=False))
+        later += [tr.params["train.schedule"] for tr in trace.trials[8:]]
+    if sampler == "tpe":  # TPE learns the category: most of its later trials are onecycle
+        assert later.count("onecycle") > len(later) / 2
