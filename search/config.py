@@ -274,6 +274,10 @@ class MlflowConfig(Section):
     tracking_uri: str | None = None  # None: sqlite:///mlflow.db in the working directory
     experiment: str | None = None  # None: the search's name
     register_as: str | None = None  # registered model name for the best checkpoint
+    # When the new version takes the `champion` alias: if_better (at least as good as the
+    # current champion on the same metric and validation data), always, or never (it gets
+    # the `challenger` alias instead).
+    promote: Literal["if_better", "always", "never"] = "if_better"
 
     @field_validator("register_as")
     @classmethod

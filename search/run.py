@@ -27,7 +27,7 @@ from search.asha import RungState, rung_epochs
 from search.cli import run_main
 from search.config import ConfigError, SearchConfig, TrialConfig
 from search.optuna_search import OptunaSearch
-from search.record import results
+from search.record import promotion, results
 from search.record.checkpoint_janitor import CheckpointJanitor
 from search.record.progress import Progress, setup_logging
 from search.record.store import local_tracking_uri
@@ -394,7 +394,7 @@ def _fit(args, cfg: SearchConfig, storage: str, name: str, tracking: TrackingCal
 
     rows = results.summarize(grid, cfg)
     best = next((r for r in rows if r.outcome in ("completed", "pruned")), None)
-    best_yaml, champion = None, None
+    best_yaml, champion, crowned, why = None, None, False, ""
     failed = sum(r.outcome == "failed" for r in rows)
     folder = local_folder(storage, name)
     pictures = results.draw(rows, cfg, best.trial_id if best else None, folder / "plots")
@@ -405,28 +405,36 @@ def _fit(args, cfg: SearchConfig, storage: str, name: str, tracking: TrackingCal
             if not tracker.drain(timeout_s=left()):  # the best trial's run must exist
                 raise RuntimeError(f"MLflow: {tracker.pending} writes not delivered in "
                                    f"{DRAIN_S:.0f} s; the champion was not registered")
+            winner = trial_config(cfg, best.result.config)
             version = results.register_champion(
-                tracker, best, cfg.mlflow.register_as, trial_config(cfg, best.result.config),
+                tracker, best, cfg.mlflow.register_as, winner,
                 results.model_description(cfg, best, best_yaml))
-            champion = f"models:/{cfg.mlflow.register_as}@{results.CHAMPION}"
-            log.info("registered %s version %s as @%s", cfg.mlflow.register_as, version,
-                     results.CHAMPION)
-        tracker.rank_trials([r.trial_id for r in rows], best.trial_id if champion else None)
+            judged = promotion.Judged(cfg.search.metric, cfg.search.mode, best.value,
+                                      promotion.fingerprint(winner.data))
+            crowned, why = promotion.promote(tracker.client, cfg.mlflow.register_as, version,
+                                             judged, cfg.mlflow.promote)
+            alias = results.CHAMPION if crowned else promotion.CHALLENGER
+            champion = f"models:/{cfg.mlflow.register_as}@{alias}"
+            log.info("registered %s version %s as @%s%s", cfg.mlflow.register_as, version,
+                     alias, "" if crowned else f": {why}")
+        tracker.rank_trials([r.trial_id for r in rows],
+                            best.trial_id if champion and crowned else None)
         top = [{"rank": i, "trial_id": r.trial_id, "outcome": r.outcome, "epochs": r.epochs,
                 cfg.search.metric: r.value, **r.params} for i, r in enumerate(rows[:10], 1)]
         tracker.finish({"params": best.params, "metric": cfg.search.metric,
                         "value": best.value, "trial_id": best.trial_id,
                         "failed_trials": failed}, top, text,
                        status="FAILED" if failed else "FINISHED",
-                       description=results.search_description(rows, cfg, best, champion,
-                                                              best_yaml, pictures.importances),
+                       description=results.search_description(
+                           rows, cfg, best, champion, best_yaml, pictures.importances,
+                           "" if crowned else why),
                        importances=pictures.importances,
                        plots=str(folder / "plots") if pictures.paths else None)
     else:
         tracker.fail_search(failed)
     tracker.close(timeout_s=left())
     results.print_summary(rows, cfg, best_yaml, tracking_uri, tracker.experiment_id,
-                          pictures.importances)
+                          pictures.importances, champion, "" if crowned else why)
     return SearchResult(
         name=name, path=path,
         best_config=trial_config(cfg, best.result.config) if best is not None else None,
