@@ -326,6 +326,7 @@ def search(args: argparse.Namespace) -> SearchResult:
     """The search the command line (or `run_search`) asked for."""
     cfg, storage, name = resolve(args)
     preflight.check(cfg)  # here, not in every trial
+    optuna_search.check_storage(cfg.search.optuna_storage)
     tracking_uri = cfg.mlflow.tracking_uri or local_tracking_uri()
     # Saved in search.yaml (credentials removed): `search.deploy runs/NAME` finds MLflow there.
     cfg = cfg.model_copy(update={"mlflow": cfg.mlflow.model_copy(
@@ -426,7 +427,7 @@ def _fit(args, cfg: SearchConfig, storage: str, name: str, tracking: TrackingCal
                         "failed_trials": failed}, top, text,
                        status="FAILED" if failed else "FINISHED",
                        description=results.search_description(
-                           rows, cfg, best, champion, best_yaml, pictures.importances,
+                           rows, cfg, best, champion, best_yaml, pictures.importance_line(),
                            "" if crowned else why),
                        importances=pictures.importances,
                        plots=str(folder / "plots") if pictures.paths else None)
@@ -434,7 +435,7 @@ def _fit(args, cfg: SearchConfig, storage: str, name: str, tracking: TrackingCal
         tracker.fail_search(failed)
     tracker.close(timeout_s=left())
     results.print_summary(rows, cfg, best_yaml, tracking_uri, tracker.experiment_id,
-                          pictures.importances, champion, "" if crowned else why)
+                          pictures.importance_line(), champion, "" if crowned else why)
     return SearchResult(
         name=name, path=path,
         best_config=trial_config(cfg, best.result.config) if best is not None else None,

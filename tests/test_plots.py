@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
+from search.record import plots as plots_module
 from search.record.plots import (
     Plots,
     TrialCurve,
@@ -74,8 +75,10 @@ def drawn(tmp_path_factory) -> tuple[list[TrialCurve], str, Plots]:
     curves = _search()
     best = _best(curves)
     folder = tmp_path_factory.mktemp("plots")
+    # 4 completed trials: the pictures' tests lower the importances' minimum of trials
+    # (MIN_IMPORTANCE_TRIALS, tested on its own below) to draw them.
     return curves, best, draw_all(curves, "val_acc", "max", best, LOG_PARAMS, DISTRIBUTIONS,
-                                  folder)
+                                  folder, min_trials=4)
 
 
 def test_draw_all_writes_three_pngs(drawn):
@@ -388,3 +391,73 @@ def test_draw_all_with_a_general_space(tmp_path):
     assert "optimizer.amsgrad" in plots.importances["fanova"]
     for path in plots.paths.values():
         _read_png(path)
+
+
+# --- what importances rest on (issue: statistics that say how much they rest on) ----------
+
+
+def _asha(completed: int, pruned: int, epochs: int = 15) -> list[TrialCurve]:
+    """A demo-like ASHA search: `completed` trials of `epochs` epochs, `pruned` stopped at
+    epoch 1; the metric depends on lr."""
+    rng = random.Random(3)
+    out = []
+    for i in range(completed + pruned):
+        lr = 10 ** rng.uniform(-4, -1)
+        quality = 1.0 - 0.1 * abs(math.log10(lr) + 2.5)
+        n = epochs if i < completed else 1
+        values = [quality * (1 - 0.5 ** e) for e in range(1, n + 1)]
+        out.append(TrialCurve(f"t{i}", "completed" if i < completed else "pruned",
+                              list(range(1, n + 1)), values,
+                              {"lr": lr, "beta1": rng.uniform(0.8, 0.99)}))
+    return out
+
+
+def test_importances_rest_on_the_deepest_epoch_enough_trials_reached(tmp_path):
+    from search.record.plots import MIN_IMPORTANCE_TRIALS, importance_basis
+
+    assert MIN_IMPORTANCE_TRIALS == 8  # bench/RESULTS.md, python -m bench.importance_min
+    demo = _asha(completed=2, pruned=6)  # make demo's shape: 2 of 8 trials completed
+    basis = importance_basis(demo)
+    assert (basis.epoch, basis.trials) == (1, 8)  # pruned trials count, valued at epoch 1
+    assert all(c.epochs == [1] and c.outcome == "completed" for c in basis.curves)
+    deep = _asha(completed=9, pruned=3)
+    assert (importance_basis(deep).epoch, importance_basis(deep).trials) == (15, 9)
+    assert importance_basis(_asha(completed=2, pruned=5)) is None
+    failed = _asha(completed=2, pruned=6)
+    failed[0] = TrialCurve("f", "failed", [1], [0.5], failed[0].params)
+    assert importance_basis(failed) is None  # a failed trial's value is not a result
+
+    plots = draw_all(demo, "val_acc", "max", "t0", {"lr"}, {}, tmp_path / "ok")
+    line = plots.importance_line()
+    assert line.startswith("importance (fanova, 8 trials at epoch 1): ")
+    title = _suptitle(importance_chart(plots.importances, tmp_path / "i.png", plots.basis))
+    assert "8 trials at epoch 1" in title
+
+    few = draw_all(_asha(completed=2, pruned=5), "val_acc", "max", "t0", {"lr"}, {},
+                   tmp_path / "few")
+    assert few.importances == {} and "importances" not in few.paths
+    assert few.importance_line() == ("too few trials for importances (2 completed; "
+                                     "8 needed at one epoch)")
+
+
+def _suptitle(fig) -> str:
+    return fig._suptitle.get_text() if fig._suptitle else ""
+
+
+def test_the_chart_shows_where_evaluators_disagree(tmp_path):
+    agree = {"fanova": {"lr": 0.7, "eps": 0.3}, "ped_anova": {"lr": 0.6, "eps": 0.4}}
+    split = {"fanova": {"lr": 0.7, "eps": 0.3}, "ped_anova": {"eps": 0.9, "lr": 0.1}}
+    assert plots_module.disagreement(agree) == ""
+    assert plots_module.disagreement(split) == "fanova ranks lr first, ped_anova ranks eps first"
+    fig = importance_chart(split, tmp_path / "split.png")
+    assert "evaluators disagree: fanova ranks lr first, ped_anova ranks eps first" in \
+        _suptitle(fig)
+    assert "disagree" not in _suptitle(importance_chart(agree, tmp_path / "agree.png"))
+    # A parameter keeps its colour in every panel, so the swap shows.
+    colour = {}
+    for ax in [a for a in fig.axes if a.get_title()]:
+        labels = [t.get_text() for t in ax.get_yticklabels()]
+        for label, patch in zip(labels, ax.patches, strict=True):
+            colour.setdefault(label, set()).add(tuple(patch.get_facecolor()))
+    assert all(len(c) == 1 for c in colour.values()) and len(colour) == 2
+    assert colour["lr"] != colour["eps"]

@@ -69,7 +69,9 @@ def test_importances_are_metrics_of_the_search_and_a_line_of_its_summary(search)
               if k.startswith("importance.fanova.")}
     assert set(fanova) == {"lr", "beta1", "beta2", "eps"}
     assert sum(fanova.values()) == pytest.approx(1.0, abs=1e-6)
-    line = next(x for x in stdout.splitlines() if x.startswith("importance (fanova): "))
+    # 8 trials reached epoch 1 (issue 24: the line says what the importances rest on)
+    line = next(x for x in stdout.splitlines() if x.startswith("importance (fanova, "))
+    assert " trials at epoch " in line.split(": ")[0]
     top = max(fanova, key=fanova.get)
     assert line.split(": ")[1].startswith(f"{top} {fanova[top]:.2f}")
 

@@ -35,6 +35,12 @@ PARAMS_WIDTH, PARAMS_ROW_HEIGHT, PARAMS_COLUMNS = 12.0, 3.5, 3
 IMPORTANCE_WIDTH, IMPORTANCE_COLUMNS = 12.0, 3
 JITTER = 0.15  # half the width of a categorical param's strip, in choice-index units
 
+# Importances need at least this many trials reaching one epoch. Measured by
+# `python -m bench.importance_min` (bench/RESULTS.md, 2026-12-03): on a 288-row digits table,
+# random subsets of 8 trials gave fANOVA the whole table's most important parameter 88% of
+# the time (MDI 97%), of 6 trials 53% (72%), of 4 38% (53%): below 8, about a coin toss.
+MIN_IMPORTANCE_TRIALS = 8
+
 # Evaluator short names, in the order summaries prefer them.
 EVALUATORS = ("fanova", "ped_anova", "mean_decrease_impurity")
 
@@ -74,11 +80,38 @@ class TrialCurve:
 
 
 @dataclass(frozen=True)
+class Basis:
+    """The trials importances rest on: every trial that reached `epoch`, each valued there
+    (the deepest epoch enough trials reached, so pruned trials count too)."""
+
+    epoch: int
+    curves: list[TrialCurve]
+
+    @property
+    def trials(self) -> int:
+        return len(self.curves)
+
+
+@dataclass
 class Plots:
-    """What `draw_all` wrote (picture name -> PNG path) and the importances it computed."""
+    """What `draw_all` wrote (picture name -> PNG path), the importances it computed and
+    what they rest on (None: too few trials; `completed` of them completed)."""
 
     paths: dict[str, Path] = field(default_factory=dict)
     importances: dict[str, dict[str, float]] = field(default_factory=dict)
+    basis: Basis | None = None
+    completed: int = 0
+    needed: int = MIN_IMPORTANCE_TRIALS
+
+    def importance_line(self) -> str:
+        """The summary's line: the importances and what they rest on, or why there are
+        none; '' when there were enough trials but no parameter varied."""
+        if self.importances:
+            return importance_line(self.importances, self.basis)
+        if self.basis is None:
+            return (f"too few trials for importances ({self.completed} completed; "
+                    f"{self.needed} needed at one epoch)")
+        return ""
 
 
 # --- helpers -----------------------------------------------------------------------------
@@ -382,9 +415,12 @@ def _outcome_key(curve: TrialCurve) -> str:
 # --- 3. importance chart -------------------------------------------------------------------
 
 
-def importance_chart(importances: Mapping[str, Mapping[str, float]], path: str | Path) -> Figure:
+def importance_chart(importances: Mapping[str, Mapping[str, float]], path: str | Path,
+                     basis: Basis | None = None) -> Figure:
     """Horizontal bars of hyperparameter importances, one panel per evaluator, the most
-    important param on top; up to 3 panels a row, 12 in wide."""
+    important param on top; up to 3 panels a row, 12 in wide. The title says what they
+    rest on (`basis`) and, in red, where the evaluators disagree on the first parameter;
+    each parameter keeps its colour in every panel, so a disagreement shows."""
     names = list(importances)
     ncols = max(1, min(IMPORTANCE_COLUMNS, len(names)))
     nrows = max(1, math.ceil(len(names) / ncols))
@@ -394,18 +430,27 @@ def importance_chart(importances: Mapping[str, Mapping[str, float]], path: str |
     if not names:
         _message(fig.add_subplot(), "no importances: too few completed trials")
         return _save(fig, path)
-    fig.suptitle("Hyperparameter importance (normalised to sum to 1 per evaluator)", fontsize=11)
+    rests = f", {basis.trials} trials at epoch {basis.epoch}" if basis else ""
+    title = f"Hyperparameter importance (normalised to sum to 1 per evaluator{rests})"
+    split = disagreement(importances)
+    fig.suptitle(title + (f"\nevaluators disagree: {split}" if split else ""), fontsize=11,
+                 color="tab:red" if split else "black")
+    params = sorted({p for v in importances.values() for p in v})
+    colours = {p: f"C{i % 10}" for i, p in enumerate(params)}
     for i, name in enumerate(names):
-        _importance_panel(fig.add_subplot(nrows, ncols, i + 1), name, importances[name])
+        _importance_panel(fig.add_subplot(nrows, ncols, i + 1), name, importances[name],
+                          colours)
     return _save(fig, path)
 
 
-def _importance_panel(ax: Axes, evaluator: str, values: Mapping[str, float]) -> None:
+def _importance_panel(ax: Axes, evaluator: str, values: Mapping[str, float],
+                      colours: Mapping[str, str] | None = None) -> None:
     """One evaluator's bars, sorted so that the largest importance is the top bar."""
     ranked = sorted(values.items(), key=lambda kv: kv[1])  # barh draws bottom-up
     labels = [k for k, _ in ranked]
     widths = [float(v) for _, v in ranked]
-    ax.barh(labels, widths, color="tab:blue", alpha=0.8)
+    ax.barh(labels, widths, alpha=0.8,
+            color=[(colours or {}).get(k, "tab:blue") for k in labels])
     for y, w in enumerate(widths):
         ax.text(w, y, f" {w:.2f}", va="center", fontsize=8)
     ax.set_xlim(0, max([1.0, *widths]) * 1.15)
@@ -638,14 +683,47 @@ def _quiet_optuna() -> Iterator[None]:
 # --- 5. summary line -----------------------------------------------------------------------
 
 
-def importance_line(importances: Mapping[str, Mapping[str, float]]) -> str:
-    """One summary line, e.g. 'importance (fanova): lr 0.71, beta1 0.18, eps 0.07', for the
-    preferred evaluator (fanova, then ped_anova, then mean_decrease_impurity); '' if none."""
+def importance_line(importances: Mapping[str, Mapping[str, float]],
+                    basis: Basis | None = None) -> str:
+    """One summary line, e.g. 'importance (fanova, 8 trials at epoch 1): lr 0.71, beta1
+    0.18, eps 0.07', for the preferred evaluator (fanova, then ped_anova, then
+    mean_decrease_impurity); '' if none."""
     if not importances:
         return ""
     name = next((e for e in EVALUATORS if e in importances), next(iter(importances)))
     ranked = sorted(importances[name].items(), key=lambda kv: kv[1], reverse=True)
-    return f"importance ({name}): " + ", ".join(f"{k} {v:.2f}" for k, v in ranked)
+    rests = f", {basis.trials} trials at epoch {basis.epoch}" if basis else ""
+    return f"importance ({name}{rests}): " + ", ".join(f"{k} {v:.2f}" for k, v in ranked)
+
+
+def importance_basis(curves: Sequence[TrialCurve],
+                     min_trials: int = MIN_IMPORTANCE_TRIALS) -> Basis | None:
+    """The deepest epoch at least `min_trials` completed or pruned trials reached, with each
+    of them cut there (as completed at that epoch, valued by its metric there); None when
+    fewer than `min_trials` reached any epoch. Valuing every trial at one epoch keeps the
+    effect of training length out of the importances, and lets ASHA's pruned trials count."""
+    usable = [c for c in curves if c.outcome in ("completed", "pruned")]
+    finite = {c.trial_id: {e for e, v in zip(c.epochs, c.values, strict=True) if _finite(v)}
+              for c in usable}
+    for epoch in sorted({e for es in finite.values() for e in es}, reverse=True):
+        reached = [c for c in usable if epoch in finite[c.trial_id]]
+        if len(reached) >= min_trials:
+            cut = []
+            for c in reached:
+                k = c.epochs.index(epoch) + 1
+                cut.append(TrialCurve(c.trial_id, "completed", c.epochs[:k], c.values[:k],
+                                      c.params))
+            return Basis(epoch, cut)
+    return None
+
+
+def disagreement(importances: Mapping[str, Mapping[str, float]]) -> str:
+    """'' when every evaluator ranks the same parameter first, else which ranks what first
+    ('fanova ranks lr first, ped_anova ranks eps first')."""
+    tops = {e: max(v, key=v.get) for e, v in importances.items() if v}
+    if len(set(tops.values())) <= 1:
+        return ""
+    return ", ".join(f"{e} ranks {top} first" for e, top in tops.items())
 
 
 # --- 6. everything -------------------------------------------------------------------------
@@ -653,9 +731,10 @@ def importance_line(importances: Mapping[str, Mapping[str, float]]) -> str:
 
 def draw_all(curves: Sequence[TrialCurve], metric: str, mode: str, best_id: str | None,
              log_params: Iterable[str], distributions: Mapping[str, BaseDistribution],
-             folder: str | Path) -> Plots:
+             folder: str | Path, min_trials: int = MIN_IMPORTANCE_TRIALS) -> Plots:
     """Write learning_curves.png, metric_vs_params.png and (when there are importances)
-    importances.png into `folder`; return their paths and the importances.
+    importances.png into `folder`; return their paths and the importances, computed on the
+    deepest epoch at least `min_trials` trials reached (none below that).
 
     Never raises for what a search leaves behind: degenerate input draws what it can, and a
     picture that fails anyway is logged and left out, since pictures are an extra to a search.
@@ -678,14 +757,17 @@ def draw_all(curves: Sequence[TrialCurve], metric: str, mode: str, best_id: str 
     attempt("learning_curves", lambda p: learning_curves(curves, metric, mode, best_id, p))
     attempt("metric_vs_params",
             lambda p: metric_vs_params(curves, metric, log_params, p, distributions))
+    basis = importance_basis(curves, min_trials)
     try:
-        dists = _with_log(distributions, curves, log_params)
-        found = importances(curves, metric, mode, dists)
+        if basis is not None:
+            dists = _with_log(distributions, basis.curves, log_params)
+            found = importances(basis.curves, metric, mode, dists)
     except Exception:
         log.exception("could not compute importances of %s", metric)
     if found:
-        attempt("importances", lambda p: importance_chart(found, p))
-    return Plots(paths=paths, importances=found)
+        attempt("importances", lambda p: importance_chart(found, p, basis))
+    return Plots(paths=paths, importances=found, basis=basis, needed=min_trials,
+                 completed=sum(c.outcome == "completed" for c in curves))
 
 
 def _with_log(distributions: Mapping[str, BaseDistribution], curves: Sequence[TrialCurve],

@@ -257,7 +257,7 @@ def _markdown_table(rows: list[TrialSummary], metric: str, limit: int = 10) -> l
 
 def search_description(rows: list[TrialSummary], cfg: SearchConfig, best: TrialSummary,
                        champion: str | None, best_yaml: Path,
-                       importances: dict[str, dict[str, float]], kept: str = "") -> str:
+                       importance: str, kept: str = "") -> str:
     """The parent run's Markdown description: what was searched, who won and why, how to
     retrain it, where the model is, and the top of the table."""
     loss = (best.result.metrics or {}).get("val_loss", math.nan)
@@ -277,9 +277,10 @@ def search_description(rows: list[TrialSummary], cfg: SearchConfig, best: TrialS
         lines += ["", f"**Model**: `{champion}`: {kept}"]
     elif champion:
         lines += ["", f"**Model**: `{champion}` (the best trial's run is tagged `champion`)"]
-    if importances:
-        lines += ["", "**Hyperparameter " + plots.importance_line(importances).replace(
-            ":", "**:", 1)]
+    if importance.startswith("importance"):
+        lines += ["", "**Hyperparameter " + importance.replace(":", "**:", 1)]
+    elif importance:
+        lines += ["", f"**Hyperparameter importance**: {importance}"]
     return "\n".join([*lines, "", *_markdown_table(rows, cfg.search.metric)])
 
 
@@ -296,10 +297,10 @@ def model_description(cfg: SearchConfig, best: TrialSummary, best_yaml: Path) ->
 
 def print_summary(rows: list[TrialSummary], cfg: SearchConfig, best_yaml: Path | None,
                   tracking_uri: str, experiment_id: str = "",
-                  importances: dict[str, dict[str, float]] | None = None,
-                  model: str | None = None, kept: str = "") -> None:
-    """The search's closing lines, to the `search` logger. `model`: the registered
-    version's URI; `kept`: why it did not become the champion, if it did not."""
+                  importance: str = "", model: str | None = None, kept: str = "") -> None:
+    """The search's closing lines, to the `search` logger. `importance`: the importances
+    and what they rest on, or why there are none (plots.Plots.importance_line); `model`:
+    the registered version's URI; `kept`: why it did not become the champion, if not."""
     log.info("search %s: %d trials: %s", cfg.name, len(rows), outcome_counts(rows))
     log.info("top 5 by %s (%s):", cfg.search.metric, cfg.search.mode)
     for r in rows[:5]:
@@ -310,8 +311,8 @@ def print_summary(rows: list[TrialSummary], cfg: SearchConfig, best_yaml: Path |
         log.info("  %s  failed: %s", r.trial_id, r.error)
     if len(failed) > 5:
         log.info("  ... and %d more failed trials", len(failed) - 5)
-    if importances:
-        log.info("%s", plots.importance_line(importances))
+    if importance:
+        log.info("%s", importance)
     if best_yaml is not None:
         log.info("best config: %s  (retrain: python -m search.train %s)", best_yaml, best_yaml)
     if model:
