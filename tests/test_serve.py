@@ -256,3 +256,85 @@ def test_bad_input_exits_2_with_one_line_before_ray_starts(registry, tmp_path, u
 def test_no_tracking_database_is_refused_not_created(tmp_path):
     line = refused(f"models:/{NAME}@champion", "--port", str(free_port()), cwd=tmp_path)
     assert f"--tracking-uri sqlite:///{tmp_path / 'mlflow.db'}: no such database" in line
+
+
+# ---------------------------------------------------------------- bad requests, served
+
+
+def image_body(pixel: str) -> bytes:
+    """One 8x8 image whose 64 pixels are all the JSON text `pixel` (NaN and Infinity are not
+    JSON, but Python's parser, and so the server's, reads them)."""
+    row = "[" + ", ".join([pixel] * 8) + "]"
+    return ('{"inputs": [[[' + ", ".join([row] * 8) + "]]]}").encode()
+
+
+def inputs_body(x) -> bytes:
+    return json.dumps({"inputs": np.asarray(x).tolist()}).encode()
+
+
+# (id, body, what the one-line message must say)
+BAD_REQUESTS = [
+    ("malformed JSON", b'{"inputs": [[[0.5,', "valid JSON"),
+    ("JSON nested too deeply", b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    ("not MLflow's keys", b'{"dataframe_split": {}}', "exactly one of the input fields"),
+    ("a 2-D array", inputs_body([[0.5, 0.5]]), "(1, 2) does not match expected shape"),
+    ("3 channels", inputs_body(np.zeros((2, 3, 8, 8))), "(2, 3, 8, 8) does not match"),
+    ("9x9 images", inputs_body(np.zeros((2, 1, 9, 9))), "(2, 1, 9, 9) does not match"),
+    ("ragged rows", json.dumps({"inputs": [[[[0.5] * 8] * 7 + [[0.5] * 7]]]}).encode(),
+     "inhomogeneous shape"),
+    ("strings for pixels", image_body('"a"'), 'pixel values must be numbers, got "a"'),
+    ("numbers as strings", image_body('"0.5"'), 'pixel values must be numbers, got "0.5"'),
+    ("null pixels", image_body("null"), "pixel values must be numbers, got null"),
+    ("true for pixels", image_body("true"), "pixel values must be numbers, got true"),
+    ("an empty batch", b'{"inputs": []}', "an empty batch"),
+    ("NaN", image_body("NaN"), "64 are NaN, Infinity or beyond"),
+    ("-Infinity", image_body("-Infinity"), "64 are NaN, Infinity or beyond"),
+    ("beyond float32", image_body("1e39"), "in float32's range; 64 are NaN, Infinity or"),
+    ("an integer beyond float64", image_body("1" + "0" * 400), "an integer beyond it"),
+]
+
+
+def post_raw(url: str, body: bytes, content_type: str = "application/json"
+             ) -> tuple[int, str, str]:
+    """(status, media type, body text) of POST /invocations, whatever the status."""
+    request = urllib.request.Request(f"{url}/invocations", data=body,
+                                     headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.headers.get_content_type(), response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get_content_type(), e.read().decode()
+
+
+def test_bad_requests_get_400_with_one_line_and_the_replica_keeps_serving(served):
+    url, reference = served
+    x = images(3, start=50)
+    before = score(url, x)
+    wrong = []
+    for name, body, expected in BAD_REQUESTS:
+        status, media_type, text = post_raw(url, body)
+        try:
+            answer = json.loads(text)
+            message = answer["message"]
+            ok = (status == 400 and media_type == "application/json"
+                  and answer["error_code"] == "BAD_REQUEST" and expected in message
+                  and "\n" not in message)
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            wrong.append(f"{name}: {status} {media_type} {text[:200]!r}")
+    # A body in another media type: 415 and one plain-text line, as MLflow's server answers.
+    status, media_type, text = post_raw(url, inputs_body(x), "text/csv")
+    if not (status == 415 and media_type == "text/plain" and "\n" not in text.strip()
+            and "only supports application/json; got 'text/csv'" in text):
+        wrong.append(f"text/csv: {status} {media_type} {text[:200]!r}")
+    assert not wrong, "\n".join(wrong)
+
+    after = score(url, x)
+    np.testing.assert_array_equal(after, before)
+    np.testing.assert_allclose(after, reference.run(["logits"], {"images": x})[0],
+                               rtol=1e-5, atol=1e-5)
+    # Media types are case-insensitive: the same good request, written another way.
+    status, _, text = post_raw(url, inputs_body(x), "Application/JSON; charset=UTF-8")
+    assert status == 200, text
+    np.testing.assert_array_equal(json.loads(text)["predictions"]["logits"], before)

@@ -46,6 +46,7 @@ ONNX_DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64",
                "tensor(int32)": "int32", "tensor(int64)": "int64"}
 INPUT_KEYS = ("inputs", "instances")  # MLflow's keys for tensor input
 JSON = "application/json"
+MAX_MESSAGE = 300  # an error message longer than this is cut: it may quote the client's input
 
 _ray_started_here = False  # whether start() initialised Ray, so stop() shuts it down
 
@@ -165,8 +166,11 @@ def _response(content: Any, status: int = 200, media_type: str = JSON) -> Respon
 
 
 def _error(message: str, status: int = 400, code: str = "BAD_REQUEST") -> Response:
-    """An error as MLflow's scoring server writes one."""
-    return _response({"error_code": code, "message": message}, status)
+    """An error as MLflow's scoring server writes one; the message on one line."""
+    line = " ".join(message.split())
+    if len(line) > MAX_MESSAGE:
+        line = line[:MAX_MESSAGE - 3] + "..."
+    return _response({"error_code": code, "message": line}, status)
 
 
 class BadInput(ValueError):
@@ -212,13 +216,15 @@ class OnnxModel:
     async def invocations(self, request: Request) -> Response:
         """Score one request: MLflow's request body in, MLflow's response body out."""
         mime = (request.headers.get("content-type") or JSON).split(";")[0].strip()
-        if mime != JSON:
+        if mime.lower() != JSON:  # media types are case-insensitive (RFC 9110)
             return _response(f"This predictor only supports {JSON}; got {mime!r}.", 415,
                              "text/plain")
         try:
             images = self.parse(await request.body())
         except BadInput as e:
             return _error(str(e))
+        except Exception as e:  # noqa: BLE001  a body no check foresaw: still one line, a 4xx
+            return _error(f"Invalid input: {type(e).__name__}: {e}")
         try:
             outputs = await (self.batched(images) if len(images) <= self.max_batch_size
                              else self._run_alone(images))
@@ -231,13 +237,13 @@ class OnnxModel:
 
     def parse(self, body: bytes) -> np.ndarray:
         """The images in a request body, as the model's input type, shape checked."""
-        import numpy as np
-
         try:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError) as e:
             raise BadInput(f"Invalid input. Ensure that input is a valid JSON formatted "
                            f"string. Error: {e}") from None
+        except RecursionError:
+            raise BadInput("Invalid input: the JSON is nested too deeply to read") from None
         keys = [k for k in INPUT_KEYS if isinstance(payload, dict) and k in payload]
         if len(keys) != 1:
             raise BadInput("The input must be a JSON dictionary with exactly one of the input "
@@ -248,10 +254,7 @@ class OnnxModel:
                 raise BadInput(f"expected one input named {self.input_name!r}, got "
                                f"{sorted(data)}")
             data = data[self.input_name]
-        try:
-            images = np.asarray(data, dtype=self.dtype)
-        except (ValueError, TypeError) as e:
-            raise BadInput(f"{keys[0]}: not a {self.dtype} array: {e}") from None
+        images = pixels(data, keys[0], self.dtype)
         expected = tuple(d if isinstance(d, int) else -1 for d in self.input_shape)
         if images.ndim != len(expected) or len(images) == 0 or any(
                 e not in (-1, got) for e, got in zip(expected[1:], images.shape[1:], strict=True)):
@@ -278,6 +281,50 @@ class OnnxModel:
     def counters(self) -> dict[str, int]:
         """Requests, images and ONNX Runtime runs so far: runs < requests means batching."""
         return dict(self.stats)
+
+
+def pixels(data: Any, key: str, dtype: str) -> np.ndarray:
+    """`data` as an array of `dtype`, refused unless it is a non-empty nested list of finite
+    JSON numbers. Not `np.asarray(data, dtype)`: that reads "0.5" and null (as NaN) as pixels,
+    and NaN in gives NaN logits out, which is not JSON."""
+    import numpy as np
+
+    if isinstance(data, list) and not data:
+        raise BadInput(f"{key}: an empty batch; send at least one image")
+    try:
+        values = np.asarray(data)
+    except (ValueError, TypeError) as e:  # ragged, or nested deeper than numpy's dimensions
+        raise BadInput(f"{key}: not an array: {e}") from None
+    if values.dtype.kind not in "iuf":
+        bad = _first_non_number(data)
+        if bad is not None or values.dtype.kind != "O":
+            raise BadInput(f"{key}: pixel values must be numbers, got {bad}")
+        try:  # only integers, some beyond int64
+            values = values.astype(np.float64)
+        except OverflowError:
+            raise BadInput(f"{key}: pixel values must be finite numbers in {dtype}'s range; "
+                           f"got an integer beyond it") from None
+    with np.errstate(over="ignore", invalid="ignore"):
+        images = values.astype(dtype)
+    finite = np.isfinite(values) & np.isfinite(images)
+    if not finite.all():
+        raise BadInput(f"{key}: pixel values must be finite numbers in {dtype}'s range; "
+                       f"{finite.size - finite.sum()} are NaN, Infinity or beyond it")
+    return images
+
+
+def _first_non_number(data: Any) -> str | None:
+    """The first leaf of nested lists, in reading order, that is not a JSON number, as the
+    client wrote it (null, true, "0.5", ...); None if every leaf is a number."""
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, list):
+            stack.extend(reversed(value))
+        elif isinstance(value, bool) or not isinstance(value, int | float):
+            text = json.dumps(value)
+            return text if len(text) <= 40 else text[:37] + "..."
+    return None
 
 
 def _count_images(batch: list[np.ndarray]) -> int:
