@@ -13,17 +13,26 @@ each Optuna trial carries its Ray trial id as the user attribute `ray_trial_id`.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import sqlite3
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import optuna
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch as RayOptunaSearch
 
-from search.record.store import redact
+from search.config import ConfigError
+from search.record.store import REDACTED, redact
 
 RAY_TRIAL_ID = "ray_trial_id"  # the user attribute naming an Optuna trial's Ray trial
 JOURNAL = "optuna.journal"  # the default storage's file, in the search folder
+# A database server that does not answer is refused in seconds, not after the operating
+# system's TCP timeout (minutes); by SQLAlchemy backend name.
+CONNECT_ARGS = {"postgresql": {"connect_timeout": 5}, "mysql": {"connect_timeout": 5}}
 
 
 _secret_urls: dict[str, str] = {}  # an RDB URL with its password redacted -> the URL
@@ -57,6 +66,90 @@ def storage(url: str | None, folder: Path) -> optuna.storages.BaseStorage:
     path = Path(url) if url else folder / JOURNAL
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path.resolve())))
+
+
+def check_storage(url: str | None) -> None:
+    """Refuse, before Ray starts and writing nothing, a `search.optuna_storage` the study
+    cannot live in: a database that does not answer or that no installed driver speaks,
+    an SQLite file that is no database or whose folder does not exist, a journal that is
+    a folder or another file, or whose folder cannot be made. None, the search folder's
+    journal, is checked with Ray's storage path."""
+    if not url:
+        return
+    label = f"search.optuna_storage {redact(url)}"
+    if "://" in url:
+        _check_database(url, label)
+    else:
+        _check_journal(Path(url), label)
+
+
+def _check_database(url: str, label: str) -> None:
+    import sqlalchemy
+
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError as e:
+        raise ConfigError(f"{label}: not a database URL ({_reason(e, url)})") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":  # connecting would create the file
+        _check_sqlite(parsed.database, label)
+        return
+    try:
+        engine = sqlalchemy.create_engine(parsed, poolclass=sqlalchemy.pool.NullPool,
+                                          connect_args=CONNECT_ARGS.get(backend, {}))
+        engine.connect().close()
+    except Exception as e:  # noqa: BLE001  whatever the dialect or its driver raises
+        raise ConfigError(f"{label}: cannot connect ({_reason(e, url)})") from None
+
+
+def _reason(e: Exception, url: str) -> str:
+    """A database error's own line (the driver's, not SQLAlchemy's wrapping of it),
+    without the URL's password."""
+    cause = getattr(e, "orig", None) or e
+    line = f"{type(cause).__name__}: {(str(cause).splitlines() or [''])[0]}"
+    secret = urlsplit(url).password
+    return line.replace(secret, REDACTED) if secret else line
+
+
+def _check_sqlite(database: str | None, label: str) -> None:
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return  # in memory, or an SQLite URI: SQLite's own to check
+    path = Path(database)
+    if not path.exists():
+        if not path.parent.is_dir():
+            raise ConfigError(f"{label}: no folder {path.parent}")
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            raise ConfigError(f"{label}: cannot make it: {path.parent} is not writable")
+        return
+    try:  # read-only: a check writes nothing
+        uri = f"{path.resolve().as_uri()}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+            db.execute("select count(*) from sqlite_master").fetchone()
+    except sqlite3.Error as e:
+        raise ConfigError(f"{label}: cannot open it ({type(e).__name__}: {e})") from None
+
+
+def _check_journal(path: Path, label: str) -> None:
+    if path.is_dir():
+        raise ConfigError(f"{label}: is a folder; an Optuna journal is a file")
+    if path.exists():
+        with path.open("rb") as f:
+            first = f.readline()
+        if first and not _json_object(first):
+            raise ConfigError(f"{label}: not an Optuna journal (its first line is not JSON)")
+        return
+    folder = next(p for p in (path.parent, *path.parent.parents) if p.exists())
+    if not folder.is_dir():
+        raise ConfigError(f"{label}: cannot make its folder: {folder} is a file")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{label}: cannot make it: {folder} is not writable")
+
+
+def _json_object(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        return False
 
 
 def remember(url: str) -> None:

@@ -168,6 +168,34 @@ CASES = [
     ("point outside the choices", GOOD + "space: {train.batch_size: {choices: [32, 64]}}\n"
      "search: {points_to_evaluate: [{train.batch_size: 48}]}\n", [],
      "search.points_to_evaluate[0].train.batch_size 48 is outside space.train.batch_size"),
+    # Round three: a metric no trial reports, an Optuna storage that cannot be opened.
+    ("metric no trial reports", GOOD + "search: {metric: val_accuracy}\n", [],
+     "search.metric 'val_accuracy': no trial reports it; trials report epoch, train_loss, "
+     "val_loss, val_acc, lr, epoch_s, images_per_s; nearest: val_acc"),
+    ("metric that is not a number", GOOD + "search: {metric: node_id}\n", [],
+     "search.metric 'node_id': no trial reports it"),
+    ("optuna storage does not answer", GOOD + "search: {optuna_storage: "
+     f"'postgresql://alice:s3cret@127.0.0.1:{PORT}/db'}}\n", [],
+     f"search.optuna_storage postgresql://***@127.0.0.1:{PORT}/db: cannot connect "
+     "(OperationalError: connection failed"),
+    ("optuna storage without a driver", GOOD + "search: {optuna_storage: "
+     "'redis://alice:s3cret@127.0.0.1/0'}\n", [],
+     "search.optuna_storage redis://***@127.0.0.1/0: cannot connect (NoSuchModuleError"),
+    ("optuna sqlite in no folder", GOOD
+     + "search: {optuna_storage: 'sqlite:////nonexistent-dir/x.db'}\n", [],
+     "search.optuna_storage sqlite:////nonexistent-dir/x.db: no folder /nonexistent-dir"),
+    ("optuna sqlite that is no database", GOOD
+     + "search: {optuna_storage: 'sqlite:///conf.yaml'}\n", [],
+     "search.optuna_storage sqlite:///conf.yaml: cannot open it (DatabaseError: file is not "
+     "a database)"),
+    ("optuna journal under a file", GOOD + "search: {optuna_storage: conf.yaml/x.journal}\n",
+     [], "search.optuna_storage conf.yaml/x.journal: cannot make its folder: conf.yaml is "
+     "a file"),
+    ("optuna journal that is another file", GOOD + "search: {optuna_storage: conf.yaml}\n",
+     [], "search.optuna_storage conf.yaml: not an Optuna journal (its first line is not "
+     "JSON)"),
+    ("optuna journal that is a folder", GOOD + "search: {optuna_storage: .}\n", [],
+     "search.optuna_storage .: is a folder; an Optuna journal is a file"),
 ]
 
 

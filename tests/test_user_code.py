@@ -208,7 +208,12 @@ def test_bad_user_code_or_data_exits_2_with_one_line_before_ray(tmp_path, case):
     (tmp_path / "empty" / "class_a").mkdir(parents=True)
     write_digits_folder(tmp_path / "oneclass", n=1)
     write_digits_folder(tmp_path / "mixed", n=30, mixed=True)
-    text, expected = BAD[case]
+    refused_before_ray(tmp_path, *BAD[case])
+
+
+def refused_before_ray(tmp_path, text: str, expected: str) -> None:
+    """A search of `text` (a cnn on digits for 2 epochs, unless it names its model) exits 2
+    with one line containing `expected`, no traceback, and writes nothing."""
     conf = "train: {epochs: 2}\nmodel: {name: cnn}\n" + text + "\n"
     if text.startswith("model:"):
         conf = "train: {epochs: 2}\n" + text + "\n"
@@ -289,3 +294,126 @@ mlflow: {register_as: digits-api}
     assert result.trials.iloc[0]["trial_id"] == result.best["trial_id"]
     run = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(result.parent_run_id)
     assert run.data.tags["best_trial_id"] == result.best["trial_id"]
+
+
+# ---------------------------------------------------------------- round three: does it fit
+
+# Factories that build, but whose model does not fit the data (or does not run at all).
+BADNET = '''
+from torch import nn
+
+
+def head(num_classes, in_channels, image_size, classes=None, width=8):
+    """A small network with `classes` logits (the dataset's own number by default)."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(), nn.Linear(width, classes or num_classes))
+
+
+class Then(nn.Module):
+    """`head`'s logits, then `how` of them."""
+
+    def __init__(self, how, **kwargs):
+        super().__init__()
+        self.net, self.how = head(**kwargs), how
+
+    def forward(self, x):
+        return self.how(self.net(x))
+
+
+def pair(**kwargs):
+    return Then(lambda out: (out, out), **kwargs)
+
+
+def column(**kwargs):
+    return Then(lambda out: out.unsqueeze(-1), **kwargs)  # (N, C, 1)
+
+
+def flat(**kwargs):
+    return Then(lambda out: out[:, 0], **kwargs)  # (N,)
+
+
+def nan(**kwargs):
+    return Then(lambda out: out * float("nan"), **kwargs)
+
+
+def for_mnist(num_classes, in_channels, image_size):
+    """Written for 28x28 images: digits' 8x8 do not fit its first layer."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, num_classes))
+
+
+def no_weights(num_classes, in_channels, image_size):
+    """(N, num_classes) out of nothing to train."""
+    return nn.Sequential(nn.AdaptiveAvgPool2d((1, num_classes)), nn.Flatten())
+'''
+
+BADDATA = '''
+import torch
+
+
+def nothing():
+    return torch.zeros(0, 1, 8, 8, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)
+
+
+def empty_dataset():
+    return torch.utils.data.TensorDataset(torch.zeros(0, 1, 8, 8, dtype=torch.uint8),
+                                          torch.zeros(0, dtype=torch.int64))
+
+
+def two():
+    return torch.zeros(2, 1, 8, 8, dtype=torch.uint8), torch.tensor([0, 1])
+'''
+
+DOES_NOT_FIT = {
+    "3 logits for 10 classes": (
+        'model: {name: "badnet:head", kwargs: {classes: 3}}',
+        "model.name: model 'badnet:head': output shape (4, 3) for a batch (4, 1, 8, 8); "
+        "expected (4, 10), a logit for each of the dataset's 10 classes"),
+    "logits in a tuple": ('model: {name: "badnet:pair"}',
+                          "model.name: model 'badnet:pair': the forward returned tuple, "
+                          "not a tensor of logits (4, 10)"),
+    "logits (N, C, 1)": ('model: {name: "badnet:column"}', "output shape (4, 10, 1)"),
+    "logits (N,)": ('model: {name: "badnet:flat"}', "output shape (4,)"),
+    "NaN logits": ('model: {name: "badnet:nan"}',
+                   "model.name: model 'badnet:nan': NaN or infinite logits on a batch "
+                   "(4, 1, 8, 8), before any training"),
+    "forward raises": ('model: {name: "badnet:for_mnist"}',
+                       "model.name: model 'badnet:for_mnist': the forward on a batch "
+                       "(4, 1, 8, 8) raised RuntimeError: mat1 and mat2 shapes cannot be "
+                       "multiplied"),
+    "searched width 0 breaks the forward": (
+        'model: {name: "badnet:head"}\nspace: {model.kwargs.width: {choices: [8, 0]}}',
+        "space.model.kwargs.width 0: model 'badnet:head': the forward on a batch "
+        "(4, 1, 8, 8) raised RuntimeError"),
+    "searched bound gives the wrong head": (
+        'model: {name: "badnet:head"}\n'
+        'space: {model.kwargs.classes: {low: 2, high: 10, int: true}}',
+        "space.model.kwargs.classes 2: model 'badnet:head': output shape (4, 2)"),
+    "nothing to train": ('model: {name: "badnet:no_weights"}',
+                         "model.name: model 'badnet:no_weights': no parameters to train"),
+    "data function with no samples": ('data: {dataset: "baddata:nothing"}',
+                                      "data.dataset 'baddata:nothing': no samples: "
+                                      "images (0, 1, 8, 8)"),
+    "data function's Dataset with no samples": (
+        'data: {dataset: "baddata:empty_dataset"}',
+        "data.dataset 'baddata:empty_dataset': the Dataset has no samples"),
+    "no training split left": (
+        'data: {dataset: "baddata:two", val_fraction: 0.8}',
+        "data.val_fraction 0.8: takes 2 of the 2 samples of data.dataset 'baddata:two' for "
+        "validation, leaving none to train on"),
+    "images that do not decode": (
+        "data: {dataset: imagefolder, root: broken}",
+        "broken: digit_3/bad.png does not decode (UnidentifiedImageError: cannot identify "
+        "image file), and 1 more file does not"),
+}
+
+
+@pytest.mark.parametrize("case", DOES_NOT_FIT)
+def test_a_model_or_data_that_does_not_fit_exits_2_with_one_line_before_ray(tmp_path, case):
+    (tmp_path / "badnet.py").write_text(BADNET)
+    (tmp_path / "baddata.py").write_text(BADDATA)
+    write_digits_folder(tmp_path / "broken", n=30)
+    (tmp_path / "broken" / "digit_3" / "bad.png").write_text("not a picture")
+    png = (tmp_path / "broken" / "digit_5" / "5.png").read_bytes()
+    (tmp_path / "broken" / "digit_5" / "cut.png").write_bytes(png[: len(png) // 2])
+    refused_before_ray(tmp_path, *DOES_NOT_FIT[case])

@@ -168,6 +168,17 @@ def check_present(cfg: DataConfig) -> None:
             "it, or place those files there")
 
 
+def split_sizes(n: int, cfg: DataConfig) -> tuple[int, int]:
+    """(training, validation) samples of a dataset of `n` split by `data.val_fraction`;
+    ConfigError unless both have some."""
+    n_val = max(1, round(n * cfg.val_fraction))
+    if n_val >= n:
+        raise ConfigError(f"data.val_fraction {cfg.val_fraction}: takes {n_val} of the {n} "
+                          f"samples of data.dataset {cfg.dataset!r} for validation, leaving "
+                          "none to train on; lower it or add samples")
+    return n - n_val, n_val
+
+
 def load(cfg: DataConfig) -> Dataset:
     """Load the training set and carve a validation split from it, by `split_seed`.
 
@@ -177,14 +188,14 @@ def load(cfg: DataConfig) -> Dataset:
         x, y, num_classes = _digits()
     elif cfg.dataset == "synthetic":
         x, y, num_classes = _synthetic(cfg)
-    elif cfg.dataset == "imagefolder":
-        x, y, num_classes = user_data.image_folder(cfg)
+    elif cfg.dataset == "imagefolder":  # checked before its cache is written
+        x, y, num_classes = user_data.image_folder(cfg, check=lambda n: split_sizes(n, cfg))
     elif cfg.dataset in TORCHVISION:
         x, y, num_classes = _torchvision(cfg)
     else:  # package.module:function
         x, y, num_classes = user_data.from_function(cfg)
+    _, n_val = split_sizes(len(y), cfg)
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.split_seed))
-    n_val = max(1, round(len(y) * cfg.val_fraction))
     val, train = perm[:n_val], perm[n_val:]
     train_x = x[train].float().div(255)
     mean = train_x.mean(dim=(0, 2, 3))

@@ -26,7 +26,7 @@ from search.config import ConfigError, DataConfig, TrialConfig
 from search.space import trial_config
 from search.trial import warm
 from search.trial.checkpoints import CheckpointPolicy
-from search.trial.trainer import pick_device, train
+from search.trial.trainer import METRICS, pick_device, train
 
 CHECKPOINT_FILE = "checkpoint.pt"
 # A multi-worker trial's checkpoints are its Ray Train run's; its results name the latest
@@ -64,10 +64,10 @@ def report_checkpoint(send, checkpoint_type, metrics: dict[str, Any],
 
 
 def error_result(epoch: int, error: BaseException) -> dict[str, Any]:
-    """The last result of a trial that failed in a way a retry would meet again."""
-    nan = float("nan")
-    return {"epoch": epoch, "val_acc": nan, "val_loss": nan, "train_loss": nan,
-            "diverged": False, "error": f"{type(error).__name__}: {error}".splitlines()[0][:300]}
+    """The last result of a trial that failed in a way a retry would meet again: every
+    metric NaN, so that Ray finds `search.metric` in it whichever metric that is."""
+    return {**dict.fromkeys(METRICS, float("nan")), "epoch": epoch, "diverged": False,
+            "error": f"{type(error).__name__}: {error}".splitlines()[0][:300]}
 
 
 class Reporter:

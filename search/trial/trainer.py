@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import nn
@@ -27,6 +27,23 @@ if TYPE_CHECKING:
 Metrics = dict[str, Any]
 Checkpoint = dict[str, Any]  # plain tensors and numbers: loads with weights_only=True
 Report = Callable[[Metrics, "Checkpoint | None"], None]
+
+
+class EpochMetrics(NamedTuple):
+    """The numbers every epoch's report holds (with a `diverged` flag): the trainer reports
+    them through this record, so `METRICS`, what `search.metric` may name, is what it
+    reports."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_acc: float
+    lr: float
+    epoch_s: float
+    images_per_s: float  # in training
+
+
+METRICS = EpochMetrics._fields
 
 
 def pick_device(name: str) -> torch.device:
@@ -194,19 +211,15 @@ def train(cfg: TrialConfig, report: Report, resume: Checkpoint | None = None,
         if cuda:
             torch.cuda.synchronize()
         train_s = time.perf_counter() - t0
-        metrics = {"epoch": epoch, "train_loss": train_loss, "lr": lr, "diverged": False}
-        if not math.isfinite(train_loss):
-            metrics.update(val_loss=float("inf"), val_acc=0.0, diverged=True)
-            metrics.update(epoch_s=time.perf_counter() - t0, images_per_s=seen / train_s)
+        diverged = not math.isfinite(train_loss)
+        val_loss, val_acc = ((float("inf"), 0.0) if diverged else
+                             evaluate(eval_model, val_loader, autocast, parallel))
+        metrics = {**EpochMetrics(epoch, train_loss, val_loss, val_acc, lr,
+                                  time.perf_counter() - t0, seen / train_s)._asdict(),
+                   "diverged": diverged}
+        if diverged:
             report(metrics, None)
             return metrics
-        val_loss, val_acc = evaluate(eval_model, val_loader, autocast, parallel)
-        metrics.update(
-            val_loss=val_loss,
-            val_acc=val_acc,
-            epoch_s=time.perf_counter() - t0,
-            images_per_s=seen / train_s,
-        )
         if parallel is not None:  # what ZeRO saves: each rank's share of the Adam state
             metrics["state_bytes_per_rank"] = parallel.state_bytes(opt)
         if parallel is not None and not parallel.checkpoint_due(epoch):

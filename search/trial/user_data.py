@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,19 +65,40 @@ def _digest(cfg: DataConfig, samples: list[tuple[str, int]]) -> str:
     return h.hexdigest()[:20]
 
 
-def _decode(cfg: DataConfig, samples: list[tuple[str, int]]) -> tuple[Tensor, Tensor]:
+def _decode_one(path: str, channels: int | None, size: int | None) -> np.ndarray:
+    """One image as uint8 (H, W) or (H, W, 3): `channels` 1 or 3, else as the image is."""
     from PIL import Image
 
-    images, sizes = [], {}
+    with Image.open(path) as img:
+        if channels is None:
+            channels = 1 if img.mode in ("1", "L", "I", "I;16", "F") else 3
+        img = img.convert("L" if channels == 1 else "RGB")
+        if size is not None:
+            img = img.resize((size, size), Image.Resampling.BILINEAR)
+        return np.asarray(img, dtype=np.uint8)
+
+
+def _undecodable(cfg: DataConfig, bad: list[tuple[str, Exception]]) -> ConfigError:
+    """The refusal of a folder whose files in `bad` do not decode, naming the first."""
+    (path, e), more = bad[0], len(bad) - 1
+    reason = str(e).replace(f" {path!r}", "").splitlines()[0]  # PIL names the file again
+    return ConfigError(
+        f"data.root {Path(cfg.root).resolve()}: {os.path.relpath(path, cfg.root)} does not "
+        f"decode ({type(e).__name__}: {reason})"
+        + (f", and {more} more file{'s do' if more > 1 else ' does'} not" if more else "")
+        + f"; remove or replace {'them' if more else 'it'}")
+
+
+def _decode(cfg: DataConfig, samples: list[tuple[str, int]]) -> tuple[Tensor, Tensor]:
+    images, sizes, bad = [], {}, []
     channels = cfg.channels
     for path, _ in samples:
-        with Image.open(path) as img:
-            if channels is None:  # as the first image is
-                channels = 1 if img.mode in ("1", "L", "I", "I;16", "F") else 3
-            img = img.convert("L" if channels == 1 else "RGB")
-            if cfg.image_size is not None:
-                img = img.resize((cfg.image_size, cfg.image_size), Image.Resampling.BILINEAR)
-            array = np.asarray(img, dtype=np.uint8)
+        try:
+            array = _decode_one(path, channels, cfg.image_size)
+        except Exception as e:  # noqa: BLE001  PIL raises OSError, SyntaxError, ValueError...
+            bad.append((path, e))
+            continue
+        channels = channels or (1 if array.ndim == 2 else 3)  # as the first image is
         sizes.setdefault(array.shape[:2], os.path.relpath(path, cfg.root))
         if len(sizes) > 1:
             (a, first), (b, other) = list(sizes.items())[:2]
@@ -85,6 +107,8 @@ def _decode(cfg: DataConfig, samples: list[tuple[str, int]]) -> tuple[Tensor, Te
                 f"({a[1]}x{a[0]} {first}, {b[1]}x{b[0]} {other}); set data.image_size to "
                 "resize them to one")
         images.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
+    if bad:
+        raise _undecodable(cfg, bad)
     x = torch.from_numpy(np.stack(images))
     if x.shape[-1] != x.shape[-2]:
         raise ConfigError(f"data.root {Path(cfg.root).resolve()}: images are "
@@ -94,9 +118,14 @@ def _decode(cfg: DataConfig, samples: list[tuple[str, int]]) -> tuple[Tensor, Te
     return x, y
 
 
-def image_folder(cfg: DataConfig) -> tuple[Tensor, Tensor, int]:
-    """Images, labels and the number of classes of an ImageFolder tree, cached."""
+def image_folder(cfg: DataConfig, check: Callable[[int], object] | None = None
+                 ) -> tuple[Tensor, Tensor, int]:
+    """Images, labels and the number of classes of an ImageFolder tree, cached.
+    `check(number of images)` raises for a folder refused by its size, before the cache
+    is written."""
     classes, samples = _image_files(cfg)
+    if check is not None:
+        check(len(samples))
     cache = Path(cfg.root, f"{CACHE_PREFIX}{_digest(cfg, samples)}.pt")
     if cache.is_file():
         saved = torch.load(cache, weights_only=True)
@@ -132,6 +161,8 @@ def from_function(cfg: DataConfig) -> tuple[Tensor, Tensor, int]:
     if x.dtype != torch.uint8 or x.dim() != 4:
         raise ConfigError(f"data.dataset {name!r}: images must be uint8 (N, C, H, W), got "
                           f"{x.dtype} {tuple(x.shape)}")
+    if len(x) == 0:
+        raise ConfigError(f"data.dataset {name!r}: no samples: images {tuple(x.shape)}")
     if y.dim() != 1 or len(y) != len(x) or y.dtype not in (torch.int64, torch.int32):
         raise ConfigError(f"data.dataset {name!r}: labels must be int64 (N,) for N={len(x)} "
                           f"images, got {y.dtype} {tuple(y.shape)}")
@@ -157,6 +188,8 @@ def _as_tensors(name: str, out: Any) -> tuple[Tensor, Tensor]:
                                          else array.transpose(2, 0, 1).copy())
             images.append(image)
             labels.append(int(label))
+        if not images:
+            raise ConfigError(f"data.dataset {name!r}: the Dataset has no samples")
         if len({tuple(i.shape) for i in images}) > 1:
             raise ConfigError(f"data.dataset {name!r}: the Dataset's images differ in shape")
         return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
