@@ -414,7 +414,7 @@ def _fit(args, cfg: SearchConfig, storage: str, name: str, tracking: TrackingCal
                                       promotion.fingerprint(winner.data))
             crowned, why = promotion.promote(tracker.client, cfg.mlflow.register_as, version,
                                              judged, cfg.mlflow.promote)
-            alias = results.CHAMPION if crowned else promotion.CHALLENGER
+            alias = promotion.CHAMPION if crowned else promotion.CHALLENGER
             champion = f"models:/{cfg.mlflow.register_as}@{alias}"
             log.info("registered %s version %s as @%s%s", cfg.mlflow.register_as, version,
                      alias, "" if crowned else f": {why}")

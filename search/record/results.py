@@ -16,7 +16,7 @@ from search import space as space_
 from search.config import SearchConfig, TrialConfig
 from search.record import plots
 from search.record.progress import sample_line
-from search.record.store import CHAMPION, CHAMPION_CHECKPOINT, LOCAL_UI, reopened, ui_link
+from search.record.store import CHAMPION_CHECKPOINT, LOCAL_UI, reopened, ui_link
 from search.record.tracking import Tracker, error_line, outcome, redact
 from search.space import fmt, trial_config, trial_params
 
@@ -156,9 +156,10 @@ def preload_model_logging() -> None:
 
 def register_champion(tracker: Tracker, best: TrialSummary, name: str,
                       trial: TrialConfig, description: str = "") -> int:
-    """Log the best checkpoint as an MLflow PyTorch model under the best trial's run,
-    register it as `name` and point the `champion` alias at the new version. The weights,
-    `trial` (the winner's config) and the model spec go beside it (CHAMPION_CHECKPOINT)."""
+    """Log the best checkpoint as an MLflow PyTorch model under the best trial's run and
+    register it as `name`; the new version's alias (champion or challenger) is
+    search/record/promotion.py's to set. The weights, `trial` (the winner's config) and
+    the model spec go beside it (CHAMPION_CHECKPOINT)."""
 
     import mlflow
     import torch
@@ -181,8 +182,7 @@ def register_champion(tracker: Tracker, best: TrialSummary, name: str,
         info = _log_champion(client, run_id, model, name, example, state, spec, trial)
     finally:
         mlflow.set_tracking_uri(previous)
-    version = int(info.registered_model_version)
-    client.set_registered_model_alias(name, CHAMPION, str(version))
+    version = int(info.registered_model_version)  # its alias: promotion.promote decides
     if description:
         client.update_model_version(name, str(version), description=description)
     return version
