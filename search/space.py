@@ -58,13 +58,14 @@ class DefineByRun:
 
     def __init__(self, space: SpaceConfig) -> None:
         self.space = space
+        self.keys = space.keys()
+        self.order = check_conditions(self.keys)  # each key after those its `when` reads
 
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
-        keys = self.space.keys()
         sample: dict[str, Any] = {}
         fixed: dict[str, Any] = {}
-        for name in check_conditions(keys):
-            r = keys[name]
+        for name in self.order:
+            r = self.keys[name]
             if not holds(r, sample):
                 continue
             if r.fixed:

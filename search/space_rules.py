@@ -220,9 +220,10 @@ def check_path(schema: type[BaseModel], key: str) -> None:
         raise ValueError(f"space.{key}: not searched: {NOT_SEARCHED[key]}")
     if any(key.startswith(d + ".") and len(key) > len(d) + 1 for d in DICT_FIELDS):
         return
-    if key in leaf_paths(schema):
+    leaves = leaf_paths(schema)
+    if key in leaves:
         return
-    known = [*ADAM_KEYS, *leaf_paths(schema), *(d + ".NAME" for d in DICT_FIELDS)]
+    known = [*ADAM_KEYS, *leaves, *(d + ".NAME" for d in DICT_FIELDS)]
     near = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
     hint = f"; nearest: {near[0]}" if near else f"; a key is a field of {', '.join(SECTIONS)}"
     if key.split(".")[0] not in SECTIONS:
