@@ -1,4 +1,5 @@
-"""What both commands share: turning bad input into one line and exit code 2."""
+"""What the commands share: bad input as one line and exit code 2 (a full disk: one
+line, exit code 1)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,13 @@ def run_main(main: Callable[[], int | None], fast_exit: bool = False) -> None:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         code = USAGE_ERROR
+    except OSError as e:
+        from search.full_disk import DiskFullError  # imports Ray: only when it is needed
+
+        if not isinstance(e, DiskFullError):
+            raise
+        print(f"error: {e}", file=sys.stderr)  # not bad input: the disk filled up
+        code = 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         code = 130

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sqlite3
 from pathlib import Path
@@ -27,6 +28,8 @@ from ray.tune.search.optuna import OptunaSearch as RayOptunaSearch
 
 from search.config import ConfigError
 from search.record.store import REDACTED, redact
+
+log = logging.getLogger(__name__)
 
 RAY_TRIAL_ID = "ray_trial_id"  # the user attribute naming an Optuna trial's Ray trial
 JOURNAL = "optuna.journal"  # the default storage's file, in the search folder
@@ -66,6 +69,24 @@ def storage(url: str | None, folder: Path) -> optuna.storages.BaseStorage:
     path = Path(url) if url else folder / JOURNAL
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path.resolve())))
+
+
+def mend_journal(url: str | None, folder: Path) -> None:
+    """Cut a journal's last line if it was never finished (a driver killed, or a disk full,
+    in the middle of an append): Optuna would read the next line appended after it as part
+    of the same record, and refuse the whole study from there."""
+    path = Path(url) if url else folder / JOURNAL
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        whole = f.read().rfind(b"\n") + 1
+        f.truncate(whole)
+    log.warning("%s: its unfinished last record, cut (the search stopped while writing it)",
+                path)
 
 
 def check_storage(url: str | None) -> None:

@@ -21,7 +21,7 @@ import yaml
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 
-from search import cluster, optuna_search, preflight, strategy, user_code
+from search import cluster, full_disk, optuna_search, preflight, strategy, user_code
 from search import config as config_
 from search.asha import RungState, rung_epochs
 from search.cli import run_main
@@ -235,6 +235,7 @@ def build_tuner(cfg: SearchConfig, storage: str, name: str, tracking: TrackingCa
         run_config=tune.RunConfig(
             name=name, storage_path=storage, verbose=1 if verbose else 0,
             callbacks=[
+                full_disk.StopWhenFull(),  # first: before the others count a retry
                 JsonLoggerCallback(),  # each trial's result.json
                 tracking,
                 CheckpointJanitor(),
@@ -266,6 +267,7 @@ def library_settings(verbose: bool) -> None:
     env("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     if not verbose:  # Ray's older reporter is silent at verbose=0; the newer one is not
         env("RAY_AIR_NEW_OUTPUT", "0")
+        full_disk.quiet_ray()
 
 
 @dataclass
@@ -352,7 +354,10 @@ def search(args: argparse.Namespace) -> SearchResult:
             return _fit(args, cfg, storage, name, tracking, tracker, tracking_uri, fits)
         except BaseException as e:
             # The parent run says why, and what is queued goes out in bounded time.
-            tracker.fail_search(reason=driver_error(e))
+            full = full_disk.stopped(e, f"{storage}/{name}", name) if full_disk.is_full(e) else None
+            tracker.fail_search(reason=driver_error(full or e))
+            if full is not None:
+                raise full from None
             raise
     finally:
         tracker.close(timeout_s=FAIL_DRAIN_S)  # delivered already on success: returns at once
@@ -373,7 +378,10 @@ def driver_error(e: BaseException) -> str:
 def _fit(args, cfg: SearchConfig, storage: str, name: str, tracking: TrackingCallback,
          tracker, tracking_uri: str, fits: int | None) -> SearchResult:
     path = f"{storage}/{name}"
+    full_disk.atomic_copies()  # what Ray copies into storage is whole, or not there
     if args.resume and snapshot_taken(path):
+        if "://" not in (cfg.search.optuna_storage or ""):
+            optuna_search.mend_journal(cfg.search.optuna_storage, local_folder(storage, name))
         # Ray restores the searcher (with its Optuna study) and the callbacks' state; the
         # scheduler comes back as configured, and RungState refills its rungs (search/asha.py).
         if "://" in (cfg.search.optuna_storage or ""):  # its password, for the unpickled study

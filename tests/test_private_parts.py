@@ -105,3 +105,21 @@ def test_mlflow_still_migrates_an_empty_database_where_sqlite_schema_calls_it():
         "mlflow.store.db.utils._initialize_tables is gone; search/record/sqlite_schema.py "
         "builds its empty database with it. Adapt it (a failure there only means new "
         "SQLite stores are migrated by MLflow, as without the template).")
+
+
+def test_rays_copy_into_storage_is_the_function_full_disk_wraps():
+    import inspect
+
+    import ray.train._internal.storage as ray_storage
+
+    from search import full_disk
+
+    copy = needs(ray_storage, full_disk.RAY_COPY,
+                 "search/full_disk.py (makes each copy into a local storage path whole or "
+                 "nothing, so a full disk leaves no half-written checkpoint or state)")
+    params = inspect.signature(copy).parameters
+    assert {"source", "destination", "source_filesystem",
+            "destination_filesystem"} <= set(params)
+    # Ray's checkpoint persist and its experiment sync look the name up when they run:
+    source = inspect.getsource(ray_storage)
+    assert source.count(f"{full_disk.RAY_COPY}(") >= 3

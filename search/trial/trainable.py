@@ -22,6 +22,7 @@ import ray
 import torch
 from ray import tune
 
+from search import full_disk
 from search.config import ConfigError, DataConfig, TrialConfig
 from search.space import trial_config
 from search.trial import warm
@@ -58,9 +59,16 @@ def report_checkpoint(send, checkpoint_type, metrics: dict[str, Any],
                       checkpoint: dict[str, Any]) -> None:
     """`send(metrics, checkpoint=...)` (tune.report or ray.train.report) with the trainer
     state written to a temporary folder as a `checkpoint_type` (Tune's or Train's)."""
-    with tempfile.TemporaryDirectory() as d:
-        torch.save(checkpoint, Path(d) / CHECKPOINT_FILE)
-        send(metrics, checkpoint=checkpoint_type.from_directory(d))
+    full_disk.atomic_copies()  # a checkpoint in storage is whole, or not there
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(checkpoint, Path(d) / CHECKPOINT_FILE)
+            send(metrics, checkpoint=checkpoint_type.from_directory(d))
+    except OSError as e:
+        if full_disk.is_full(e):  # the driver stops the search on it (search/full_disk.py)
+            raise full_disk.DiskFullError(f"no space left on device for the checkpoint "
+                                          f"of epoch {metrics['epoch']}") from None
+        raise
 
 
 def error_result(epoch: int, error: BaseException) -> dict[str, Any]:
