@@ -282,6 +282,7 @@ class SearchResult:
     parent_run_id: str  # the search's MLflow run
     tracking_uri: str  # credentials removed
     champion_uri: str | None  # models:/NAME@champion, when registered
+    unregistered: str | None = None  # why mlflow.register_as was not registered, if not
 
     @property
     def ok(self) -> bool:
@@ -403,7 +404,7 @@ def _fit(args, cfg: SearchConfig, storage: str, name: str, tracking: TrackingCal
 
     rows = results.summarize(grid, cfg)
     best = next((r for r in rows if r.outcome in ("completed", "pruned")), None)
-    best_yaml, champion, crowned, why = None, None, False, ""
+    best_yaml, champion, crowned, why, unregistered = None, None, False, "", None
     failed = sum(r.outcome == "failed" for r in rows)
     folder = local_folder(storage, name)
     pictures = results.draw(rows, cfg, best.trial_id if best else None, folder / "plots")
@@ -414,18 +415,7 @@ def _fit(args, cfg: SearchConfig, storage: str, name: str, tracking: TrackingCal
             if not tracker.drain(timeout_s=left()):  # the best trial's run must exist
                 raise RuntimeError(f"MLflow: {tracker.pending} writes not delivered in "
                                    f"{DRAIN_S:.0f} s; the champion was not registered")
-            winner = trial_config(cfg, best.result.config)
-            version = results.register_champion(
-                tracker, best, cfg.mlflow.register_as, winner,
-                results.model_description(cfg, best, best_yaml))
-            judged = promotion.Judged(cfg.search.metric, cfg.search.mode, best.value,
-                                      promotion.fingerprint(winner.data))
-            crowned, why = promotion.promote(tracker.client, cfg.mlflow.register_as, version,
-                                             judged, cfg.mlflow.promote)
-            alias = promotion.CHAMPION if crowned else promotion.CHALLENGER
-            champion = f"models:/{cfg.mlflow.register_as}@{alias}"
-            log.info("registered %s version %s as @%s%s", cfg.mlflow.register_as, version,
-                     alias, "" if crowned else f": {why}")
+            champion, crowned, why, unregistered = _register(cfg, tracker, best, best_yaml)
         tracker.rank_trials([r.trial_id for r in rows],
                             best.trial_id if champion and crowned else None)
         top = [{"rank": i, "trial_id": r.trial_id, "outcome": r.outcome, "epochs": r.epochs,
@@ -443,7 +433,9 @@ def _fit(args, cfg: SearchConfig, storage: str, name: str, tracking: TrackingCal
         tracker.fail_search(failed)
     tracker.close(timeout_s=left())
     results.print_summary(rows, cfg, best_yaml, tracking_uri, tracker.experiment_id,
-                          pictures.importance_line(), champion, "" if crowned else why)
+                          pictures.importance_line(),
+                          champion or (unregistered and f"{cfg.mlflow.register_as} not "
+                                       "registered"), "" if crowned else why or unregistered)
     return SearchResult(
         name=name, path=path,
         best_config=trial_config(cfg, best.result.config) if best is not None else None,
@@ -451,15 +443,40 @@ def _fit(args, cfg: SearchConfig, storage: str, name: str, tracking: TrackingCal
                                          "epochs": best.epochs, "value": best.value,
                                          "params": best.params}),
         trials=results.table(rows, cfg.search.metric), parent_run_id=tracker.parent_run_id,
-        tracking_uri=redact(tracking_uri), champion_uri=champion,
+        tracking_uri=redact(tracking_uri), champion_uri=champion, unregistered=unregistered,
     )
 
 
+def _register(cfg: SearchConfig, tracker, best, best_yaml: Path
+              ) -> tuple[str | None, bool, str, str | None]:
+    """The best trial's model registered and judged against the champion: its URI, whether
+    it became the champion and why not; or, when it could not be stored whole (a full
+    artifact store, a server that failed), no version at all and the reason."""
+    winner = trial_config(cfg, best.result.config)
+    name = cfg.mlflow.register_as
+    try:
+        version = results.register_champion(tracker, best, name, winner,
+                                            results.model_description(cfg, best, best_yaml))
+    except Exception as e:  # noqa: BLE001  (any failure: said in one line, nothing registered)
+        reason = driver_error(e)
+        log.error("%s not registered: %s", name, reason)
+        return None, False, "", reason
+    judged = promotion.Judged(cfg.search.metric, cfg.search.mode, best.value,
+                              promotion.fingerprint(winner.data))
+    crowned, why = promotion.promote(tracker.client, name, version, judged, cfg.mlflow.promote)
+    alias = promotion.CHAMPION if crowned else promotion.CHALLENGER
+    log.info("registered %s version %s as @%s%s", name, version, alias,
+             "" if crowned else f": {why}")
+    return f"models:/{name}@{alias}", crowned, why, None
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m search.run`: the search, as a command; exit 1 when no trial made a model."""
+    """`python -m search.run`: the search, as a command; exit 1 when no trial made a model,
+    or the model could not be registered."""
     args = parse_args(argv)
     setup_logging(args.verbose)
-    return 0 if search(args).ok else 1
+    result = search(args)
+    return 0 if result.ok and not result.unregistered else 1
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from search import full_disk, optuna_search
+from search.record.store import CHAMPION_CHECKPOINT
 from tests.conftest import ROOT, run_module
 
 
@@ -143,3 +144,58 @@ def test_a_search_stops_in_one_line_when_its_disk_fills_and_resumes_once_freed(s
     for run in children:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
         assert sorted(steps) == list(range(1, 7)), (run.data.tags["trial_id"], steps)
+
+
+def test_a_full_artifact_store_loses_no_metric_and_registers_no_half_model(tmp_path):
+    """`mlflow server --artifacts-destination` on a disk with room for the small files but
+    not for the model: every metric arrives, the run ends, no version of half a model is
+    registered, and once space is freed `--resume` registers the whole one."""
+    import mlflow
+
+    from bench.resume_fuzz import Server
+
+    store = tmp_path / "artifacts"
+    mount_tmpfs(store, "2m")
+    try:
+        server = Server(tmp_path)
+        try:
+            free = os.statvfs(store)
+            (store / "filler").write_bytes(b"\0" * (free.f_bavail * free.f_frsize - (160 << 10)))
+            args = [str(ROOT / "conf/digits.yaml"), "--name", "af", "--tracking-uri",
+                    server.uri, "--set", "search.num_samples=2", "--set", "train.epochs=3",
+                    "--set", "scheduler.name=fifo", "--set", "mlflow.register_as=af-model"]
+            done = run_module("search.run", *args, cwd=tmp_path)
+            out = done.stdout + done.stderr
+            assert done.returncode == 1, out  # asked to register, and could not
+            assert "Traceback" not in out
+            assert "model: af-model not registered (" in done.stdout, out
+            client = mlflow.MlflowClient(server.uri)
+            assert client.search_model_versions("name='af-model'") == []
+            experiment = client.get_experiment_by_name("af")
+            runs = client.search_runs([experiment.experiment_id])
+            parent = next(r for r in runs if r.data.tags.get("role") == "search")
+            assert parent.info.status == "FINISHED"
+            children = [r for r in runs if r.data.tags.get("trial_id")]
+            assert len(children) == 2
+            for run in children:
+                steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
+                assert sorted(steps) == [1, 2, 3]
+
+            (store / "filler").unlink()  # space freed: the end of the search, again
+            again = run_module("search.run", *args, "--resume", cwd=tmp_path)
+            assert again.returncode == 0, again.stdout + again.stderr
+            versions = client.search_model_versions("name='af-model'")
+            assert [int(v.version) for v in versions] == [1], again.stdout + again.stderr
+            whole = client.download_artifacts(versions[0].run_id, CHAMPION_CHECKPOINT,
+                                              str(tmp_path))
+            assert torch.load(whole, weights_only=True)["model"]  # the checkpoint beside it
+            mlflow.set_tracking_uri(server.uri)
+            try:
+                model = mlflow.pytorch.load_model("models:/af-model/1")
+            finally:
+                mlflow.set_tracking_uri(None)
+            assert sum(p.numel() for p in model.parameters()) > 0
+        finally:
+            server.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(store)], check=False)

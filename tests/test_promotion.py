@@ -151,3 +151,32 @@ def test_two_searches_on_one_server_leave_the_better_one_champion(tmp_path, loca
     finally:
         server.stop()
     assert promotion.POLICIES == ("if_better", "always", "never")
+
+
+def test_a_registration_sent_twice_ends_as_one_version(tmp_path, monkeypatch):
+    """MLflow's client retries a POST whose answer was lost, so the server may make a
+    version twice; register_once keeps the first and deletes the other."""
+    import mlflow
+    import torch
+
+    from search.record import results
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        with mlflow.start_run():
+            logged = mlflow.pytorch.log_model(torch.nn.Linear(2, 2), name="model",
+                                              input_example=torch.zeros(1, 2).numpy())
+        real = mlflow.register_model
+
+        def retried(*args, **kwargs):  # the first answer lost: the client sends it again
+            real(*args, **kwargs)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(mlflow, "register_model", retried)
+        version = results.register_once(client, logged.model_uri, "m")
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert int(version.version) == 1
+    assert [int(v.version) for v in client.search_model_versions("name = 'm'")] == [1]

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("search")
 
+REGISTRATION_TAG = "search.registration"  # a version's token: see register_once
 PACKAGES_MAP_INIT = "_init_packages_to_modules_map"  # in mlflow.utils.requirements_utils
 # torch.export is not thread-safe: the champion is exported after the preload's export.
 _model_logging = threading.Lock()
@@ -159,7 +160,9 @@ def register_champion(tracker: Tracker, best: TrialSummary, name: str,
     """Log the best checkpoint as an MLflow PyTorch model under the best trial's run and
     register it as `name`; the new version's alias (champion or challenger) is
     search/record/promotion.py's to set. The weights, `trial` (the winner's config) and
-    the model spec go beside it (CHAMPION_CHECKPOINT)."""
+    the model spec go beside it (CHAMPION_CHECKPOINT). The version is made only once all
+    of them are stored: an upload that fails (a full artifact store) raises, and leaves no
+    version pointing at half a model."""
 
     import mlflow
     import torch
@@ -182,7 +185,7 @@ def register_champion(tracker: Tracker, best: TrialSummary, name: str,
         info = _log_champion(client, run_id, model, name, example, state, spec, trial)
     finally:
         mlflow.set_tracking_uri(previous)
-    version = int(info.registered_model_version)  # its alias: promotion.promote decides
+    version = int(info.version)  # its alias: promotion.promote decides
     if description:
         client.update_model_version(name, str(version), description=description)
     return version
@@ -190,17 +193,17 @@ def register_champion(tracker: Tracker, best: TrialSummary, name: str,
 
 def _log_champion(client, run_id: str, model, name: str, example, state: dict, spec: dict,
                   trial: TrialConfig):
-    """The champion model (and its checkpoint beside it) logged under the trial's run."""
+    """The champion model and its checkpoint beside it, logged under the trial's run, then
+    registered: the new model version."""
     import tempfile
 
     import mlflow
     import torch
 
     with _model_logging, reopened(client, run_id):
-        info = mlflow.pytorch.log_model(
+        logged = mlflow.pytorch.log_model(
             model,
             name="model",
-            registered_model_name=name,
             input_example=example.numpy(),
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
         )
@@ -210,7 +213,35 @@ def _log_champion(client, run_id: str, model, name: str, example, state: dict, s
                         "metrics": state["metrics"], "config": trial.model_dump(mode="json")},
                        path)
             mlflow.log_artifact(str(path), str(Path(CHAMPION_CHECKPOINT).parent))
-    return info
+        return register_once(client, logged.model_uri, name)  # last: every part is stored
+
+
+def register_once(client, model_uri: str, name: str):
+    """`mlflow.register_model`, exactly once. MLflow's HTTP client retries a request whose
+    answer was lost (a timeout, a 5xx), POSTs included, so a version the server made may be
+    made again (seen once in a test under load: versions 1 and 2 of one model). Each call
+    tags its version with a token; the lowest version bearing it is kept, any other is
+    deleted, and a call that raised after the server made the version still finds it."""
+    import uuid
+
+    import mlflow
+
+    token = uuid.uuid4().hex
+    try:
+        mlflow.register_model(model_uri, name, tags={REGISTRATION_TAG: token})
+    except Exception:
+        if not _versions_with(client, name, token):
+            raise
+    first, *again = _versions_with(client, name, token)
+    for version in again:
+        client.delete_model_version(name, version.version)
+    return first
+
+
+def _versions_with(client, name: str, token: str) -> list:
+    found = client.search_model_versions(f"name = '{name}' and tags.`{REGISTRATION_TAG}` = "
+                                         f"'{token}'")
+    return sorted(found, key=lambda v: int(v.version))
 
 
 def curves(rows: list[TrialSummary], metric: str) -> list[plots.TrialCurve]:

@@ -143,6 +143,20 @@ class RunUpdate:
     timestamp_ms: int = 0
 
 
+@dataclass
+class Artifact:
+    """A write to a run's artifacts, named for the log. MLflow's artifact store can fail
+    while its tracking server answers (a full disk under `--artifacts-destination`): such a
+    write is then dropped at once, with a line, rather than retried for minutes with every
+    metric queued behind it."""
+
+    what: str
+    write: Callable[[], None]
+
+    def __call__(self) -> None:
+        self.write()
+
+
 Job = Callable[[], None] | RunUpdate
 BATCH_METRICS = 1000  # MLflow's limit of metrics in one log_batch
 
@@ -246,7 +260,8 @@ class Tracker:
             for i in range(0, len(items), 100):  # MLflow takes at most 100 params a batch
                 client.log_batch(parent.info.run_id, params=items[i : i + 100])
             if config_yaml:  # the whole config; the params say what was searched and how
-                client.log_text(parent.info.run_id, config_yaml, "config.yaml")
+                self.submit(Artifact("config.yaml", lambda: client.log_text(
+                    parent.info.run_id, config_yaml, "config.yaml")))
         self.client, self.experiment_id = client, experiment_id
         self.parent_run_id = parent.info.run_id
         self.resumed = bool(found)
@@ -336,6 +351,9 @@ class Tracker:
                 attempts = 0
             attempts += failed is not None
             retry = failed is not None and transient(failed) and attempts < ATTEMPTS
+            refused = (retry and isinstance(group[0], Artifact) and self._answers())
+            if refused:  # the server is up: its artifact store failed (full?), not the network
+                retry = False
             if failed is not None and not retry:
                 # It would fail again, or has failed ATTEMPTS times: drop it rather than
                 # block every write behind it.
@@ -345,6 +363,8 @@ class Tracker:
                     self._opened.set()
                 else:
                     log.error("MLflow write dropped%s: %s: %s",
+                              f" ({group[0].what}: the artifact store refused it while the "
+                              "tracking server answers; is its disk full?)" if refused else
                               f" after {attempts} tries" if transient(failed) else "",
                               type(failed).__name__,
                               (str(failed).splitlines() or [""])[0][:300])
@@ -360,6 +380,14 @@ class Tracker:
                 self._cv.notify_all()
                 if retry:  # the server is down: try again in a while
                     self._cv.wait_for(lambda: self._stop, RETRY_S)
+
+    def _answers(self) -> bool:
+        """Whether the tracking server answers a read now."""
+        try:
+            self.client.get_experiment(self.experiment_id)
+            return True
+        except Exception:  # noqa: BLE001  (down, or failing: either way not answering)
+            return False
 
     def _deliver(self, group: list[Job]) -> None:
         self._failing = []
@@ -535,17 +563,20 @@ class Tracker:
             if description:
                 tags.append(RunTag(NOTE_TAG, description))
             self.client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
-            self.client.log_text(run_id, best_yaml, "best.yaml")
-            # Plain JSON, every value with its full precision (MLflow's log_table goes
-            # through pandas, which writes 2.23e-10 as 2e-10).
-            self.client.log_dict(run_id, {"columns": list(top[0]) if top else [],
-                                          "data": [list(row.values()) for row in top]},
-                                 "top_trials.json")
-            if plots:
-                self.client.log_artifacts(run_id, plots, "plots")
-            self.client.set_terminated(run_id, status)
 
+        run_id, client = self.parent_run_id, self.client
         self.submit(end)
+        self.submit(Artifact("best.yaml", lambda: client.log_text(run_id, best_yaml,
+                                                                  "best.yaml")))
+        # Plain JSON, every value with its full precision (MLflow's log_table goes through
+        # pandas, which writes 2.23e-10 as 2e-10).
+        table = {"columns": list(top[0]) if top else [],
+                 "data": [list(row.values()) for row in top]}
+        self.submit(Artifact("top_trials.json",
+                             lambda: client.log_dict(run_id, table, "top_trials.json")))
+        if plots:
+            self.submit(Artifact("plots", lambda: client.log_artifacts(run_id, plots, "plots")))
+        self.submit(lambda: client.set_terminated(run_id, status))
 
 
 _open_trackers: dict[str, Tracker] = {}  # search dir -> its Tracker, one per process
