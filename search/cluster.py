@@ -37,17 +37,29 @@ def _reachable(address: str) -> bool:
         return False
 
 
-def warm_workers(preload: DataConfig | None) -> dict:
+# Ray's C++ failure signal handler prints a stack dump ("*** SIGTERM received ... PC: @ ...")
+# when a worker process is terminated while it still warms up: the setup hook (`preload`)
+# runs before Ray sets the worker's own SIGTERM handler, and Ray ends such workers when a
+# multi-worker trial stops. Read as a crash. Without it a real crash still shows, through
+# the faulthandler Ray enables in every worker (SIGSEGV, SIGABRT, ...; not SIGTERM).
+QUIET_ENDS = {"RAY_DISABLE_FAILURE_SIGNAL_HANDLER": "1"}
+
+
+def warm_workers(preload: DataConfig | None, verbose: bool = False) -> dict:
     """The runtime_env part that warms worker processes as they start
-    (search/trial/trainable.py `preload`; what it keeps: search/trial/warm.py)."""
+    (search/trial/trainable.py `preload`; what it keeps: search/trial/warm.py), and,
+    unless `verbose`, ends them without a stack dump (QUIET_ENDS)."""
     env = {"worker_process_setup_hook": "search.trial.trainable.preload"}
-    if preload is not None:
-        env["env_vars"] = {warm.PRELOAD_ENV: preload.model_dump_json()}
+    env_vars = {**(QUIET_ENDS if not verbose else {}),
+                **({warm.PRELOAD_ENV: preload.model_dump_json()} if preload else {})}
+    if env_vars:
+        env["env_vars"] = env_vars
     return env
 
 
 def connect(address: str | None, cpus: int | None = None,
-            preload: DataConfig | None = None, ship: list[str] = ()) -> None:
+            preload: DataConfig | None = None, ship: list[str] = (),
+            verbose: bool = False) -> None:
     """Start Ray here (address None) or join a cluster, shipping the project's code.
 
     `py_modules` in Ray's runtime_env uploads `ship` (the user's plug-in code, folders or
@@ -64,7 +76,7 @@ def connect(address: str | None, cpus: int | None = None,
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
             logging.ERROR)
         ray.init(num_cpus=cpus, include_dashboard=False, logging_level="warning",
-                 runtime_env={**warm_workers(preload),
+                 runtime_env={**warm_workers(preload, verbose),
                               **({"py_modules": list(ship)} if ship else {})})
         return
     modules = [str(Path(m.__file__).parent) for m in (search, models, optim)] + list(ship)
@@ -77,7 +89,8 @@ def connect(address: str | None, cpus: int | None = None,
         os.chdir(tempfile.gettempdir())
     try:
         ray.init(address=address, logging_level="warning",
-                 runtime_env=None if in_job else {"py_modules": modules, **warm_workers(preload)})
+                 runtime_env=None if in_job else {"py_modules": modules,
+                                                  **warm_workers(preload, verbose)})
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise ConfigError(f"ray.address {address!r}: cannot join: {str(e).splitlines()[0]}") \
             from None

@@ -343,7 +343,7 @@ def search(args: argparse.Namespace) -> SearchResult:
         cluster.check_local_resources(cfg.resources)
     tracker = tracking.open()  # imports MLflow in its writer thread while Ray starts
     try:
-        cluster.connect(cfg.ray.address, preload=cfg.data, ship=ship)
+        cluster.connect(cfg.ray.address, preload=cfg.data, ship=ship, verbose=args.verbose)
         fits = cluster.check_resources(cfg.resources)
         if fits is not None and fits < cfg.search.max_concurrent:
             log.info("search.max_concurrent %d: the cluster has room for %d trials of %d "
