@@ -91,8 +91,7 @@ def test_a_journal_cut_in_the_middle_of_a_record_is_mended(tmp_path):
     assert len(reread.trials) == 3
 
 
-ARGS = ["--set", "search.num_samples=2", "--set", "search.max_concurrent=1",
-        "--set", "train.epochs=6", "--set", "scheduler.name=fifo",
+ARGS = ["--set", "search.num_samples=1", "--set", "train.epochs=6", "--set", "scheduler.name=fifo",
         "--set", "search.checkpoint_period_s=0", "--set", "mlflow.register_as=null"]
 
 
@@ -133,17 +132,16 @@ def test_a_search_stops_in_one_line_when_its_disk_fills_and_resumes_once_freed(s
     filled[0].unlink()  # space freed
     resumed = run_module("search.run", *args, "--resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert "2 completed" in resumed.stdout, resumed.stdout
+    assert "1 completed" in resumed.stdout, resumed.stdout
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("fd")
     children = [r for r in client.search_runs([experiment.experiment_id])
                 if r.data.tags.get("trial_id")]
-    assert len(children) == 2
-    for run in children:
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
-        assert sorted(steps) == list(range(1, 7)), (run.data.tags["trial_id"], steps)
+    assert len(children) == 1
+    steps = [m.step for m in client.get_metric_history(children[0].info.run_id, "val_acc")]
+    assert sorted(steps) == list(range(1, 7))  # each epoch once, the replayed ones too
 
 
 def test_a_full_artifact_store_loses_no_metric_and_registers_no_half_model(tmp_path):
@@ -162,7 +160,7 @@ def test_a_full_artifact_store_loses_no_metric_and_registers_no_half_model(tmp_p
             free = os.statvfs(store)
             (store / "filler").write_bytes(b"\0" * (free.f_bavail * free.f_frsize - (160 << 10)))
             args = [str(ROOT / "conf/digits.yaml"), "--name", "af", "--tracking-uri",
-                    server.uri, "--set", "search.num_samples=2", "--set", "train.epochs=3",
+                    server.uri, "--set", "search.num_samples=1", "--set", "train.epochs=2",
                     "--set", "scheduler.name=fifo", "--set", "mlflow.register_as=af-model"]
             done = run_module("search.run", *args, cwd=tmp_path)
             out = done.stdout + done.stderr
@@ -176,10 +174,10 @@ def test_a_full_artifact_store_loses_no_metric_and_registers_no_half_model(tmp_p
             parent = next(r for r in runs if r.data.tags.get("role") == "search")
             assert parent.info.status == "FINISHED"
             children = [r for r in runs if r.data.tags.get("trial_id")]
-            assert len(children) == 2
-            for run in children:
-                steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
-                assert sorted(steps) == [1, 2, 3]
+            assert len(children) == 1
+            steps = [m.step for m in client.get_metric_history(children[0].info.run_id,
+                                                               "val_acc")]
+            assert sorted(steps) == [1, 2]
 
             (store / "filler").unlink()  # space freed: the end of the search, again
             again = run_module("search.run", *args, "--resume", cwd=tmp_path)
