@@ -26,27 +26,49 @@ mlflow: {register_as: ended}
 def test_a_failure_at_the_end_marks_the_search_failed_and_leaves_the_process_as_found(
         tmp_path, monkeypatch):
     from search import run_search
-    from search.record import results, tracking
+    from search.record import promotion, tracking
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (tmp_path / "conf.yaml").write_text(CONF)
 
     def broken(*args, **kwargs):
-        raise RuntimeError("the registry is full")
+        raise RuntimeError("the registry is down")
 
-    monkeypatch.setattr(results, "register_champion", broken)
+    # The champion's promotion fails (a failed registration is not a driver failure: it is
+    # said and the search ends, below).
+    monkeypatch.setattr(promotion, "promote", broken)
     before = dict(os.environ)
     writers = {t for t in threading.enumerate() if t.name == "mlflow-writer"}
     trackers = dict(tracking._open_trackers)  # other tests' searches, if any
-    with pytest.raises(RuntimeError, match="the registry is full"):
+    with pytest.raises(RuntimeError, match="the registry is down"):
         run_search("conf.yaml", name="x", show_progress=False)
     assert dict(os.environ) == before
     assert tracking._open_trackers == trackers  # this search's tracker left the registry
     assert {t for t in threading.enumerate() if t.name == "mlflow-writer"} <= writers
     parents, _ = children(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), "x")
     assert [p.info.status for p in parents] == ["FAILED"]
-    assert parents[0].data.tags["error"] == "RuntimeError: the registry is full"
+    assert parents[0].data.tags["error"] == "RuntimeError: the registry is down"
+
+
+def test_a_champion_that_cannot_be_registered_is_said_and_the_search_still_ends(
+        tmp_path, monkeypatch):
+    from search import run_search
+    from search.record import results
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "conf.yaml").write_text(CONF)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the artifact store is full")
+
+    monkeypatch.setattr(results, "register_champion", broken)
+    result = run_search("conf.yaml", name="y", show_progress=False)
+    assert result.ok and result.champion_uri is None
+    assert result.unregistered == "RuntimeError: the artifact store is full"
+    parents, _ = children(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), "y")
+    assert [p.info.status for p in parents] == ["FINISHED"]  # every trial's record arrived
 
 
 def test_one_storage_folder_is_spelled_one_way(tmp_path, monkeypatch):
