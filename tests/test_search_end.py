@@ -23,21 +23,31 @@ mlflow: {register_as: ended}
 """
 
 
-def test_a_failure_at_the_end_marks_the_search_failed_and_leaves_the_process_as_found(
-        tmp_path, monkeypatch):
-    from search import run_search
-    from search.record import promotion, tracking
-
+@pytest.fixture
+def in_folder(tmp_path, monkeypatch):
+    """A search's folder with conf.yaml, as the working directory, MLflow's default store in
+    it; `fail(module, name, message)` makes that function raise RuntimeError(message)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (tmp_path / "conf.yaml").write_text(CONF)
 
-    def broken(*args, **kwargs):
-        raise RuntimeError("the registry is down")
+    def fail(module, name: str, message: str) -> None:
+        def broken(*args, **kwargs):
+            raise RuntimeError(message)
+
+        monkeypatch.setattr(module, name, broken)
+
+    return fail
+
+
+def test_a_failure_at_the_end_marks_the_search_failed_and_leaves_the_process_as_found(
+        tmp_path, in_folder):
+    from search import run_search
+    from search.record import promotion, tracking
 
     # The champion's promotion fails (a failed registration is not a driver failure: it is
     # said and the search ends, below).
-    monkeypatch.setattr(promotion, "promote", broken)
+    in_folder(promotion, "promote", "the registry is down")
     before = dict(os.environ)
     writers = {t for t in threading.enumerate() if t.name == "mlflow-writer"}
     trackers = dict(tracking._open_trackers)  # other tests' searches, if any
@@ -52,18 +62,11 @@ def test_a_failure_at_the_end_marks_the_search_failed_and_leaves_the_process_as_
 
 
 def test_a_champion_that_cannot_be_registered_is_said_and_the_search_still_ends(
-        tmp_path, monkeypatch):
+        tmp_path, in_folder):
     from search import run_search
     from search.record import results
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    (tmp_path / "conf.yaml").write_text(CONF)
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("the artifact store is full")
-
-    monkeypatch.setattr(results, "register_champion", broken)
+    in_folder(results, "register_champion", "the artifact store is full")
     result = run_search("conf.yaml", name="y", show_progress=False)
     assert result.ok and result.champion_uri is None
     assert result.unregistered == "RuntimeError: the artifact store is full"
