@@ -9,6 +9,8 @@ user's own factory. Either is called as
 with the dataset's number of classes, image channels and (square) image side, plus the
 config's `model.kwargs`, and must return a `torch.nn.Module` taking a float batch
 (N, in_channels, image_size, image_size), normalised, and returning (N, num_classes) logits.
+For a training task of the user's (`train.task`), the factory is called with the task's
+`model_args()` instead, plus `model.kwargs` (`make`).
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from models.normalized import Normalized
 from models.resnet import resnet9, resnet18
 from models.small import cnn, mlp
 
-__all__ = ["ModelError", "Normalized", "build", "is_import_path", "names", "register",
-           "resolve"]
+__all__ = ["ModelError", "Normalized", "build", "is_import_path", "make", "names",
+           "register", "resolve"]
 
 Builder = Callable[..., nn.Module]
 
@@ -88,10 +90,16 @@ def build(name: str, num_classes: int, in_channels: int, image_size: int = 32,
 
     Raises ModelError naming the model, so a typo or a broken factory fails loudly.
     """
+    return make(name, num_classes=num_classes, in_channels=in_channels,
+                image_size=image_size, **kwargs)
+
+
+def make(name: str, **kwargs: Any) -> nn.Module:
+    """Build model `name` from keyword arguments alone: an image classifier's (`build`),
+    or whatever a training task's `model_args()` gives (search/trial/task.py)."""
     factory = resolve(name)
     try:
-        model = factory(num_classes=num_classes, in_channels=in_channels,
-                        image_size=image_size, **kwargs)
+        model = factory(**kwargs)
     except Exception as e:  # noqa: BLE001
         raise ModelError(f"model {name!r}: the factory raised {type(e).__name__}: "
                          f"{(str(e).splitlines() or [''])[0]}") from None

@@ -64,9 +64,22 @@ class Section(BaseModel):
 
 
 def _is_import_path(name: str) -> bool:
-    """`package.module:attribute`, as models and data.dataset take user code."""
+    """`package.module:attribute`, as models, data.dataset and train.task take user code."""
     module, sep, attr = name.partition(":")
     return bool(sep) and all(part.isidentifier() for part in (*module.split("."), attr))
+
+
+def import_attribute(name: str, field: str) -> Any:
+    """What the import path `package.module:attribute` names; ConfigError naming `field`
+    and why it does not import (the user's module: any failure is theirs to see)."""
+    import importlib
+
+    module_name, _, attr = name.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"{field} {name!r}: cannot import it: "
+                          f"{type(e).__name__}: {e}") from None
 
 
 class DataConfig(Section):
@@ -151,6 +164,17 @@ class TrainConfig(Section):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = False  # torch.compile the model
+    # The user's training task, `package.module:Class` (search/trial/task.py); None: image
+    # classification of `data.dataset` (search/trial/image_task.py).
+    task: str | None = None
+    task_kwargs: dict[str, Any] = {}  # passed to the task's constructor besides `device`
+
+    @field_validator("task")
+    @classmethod
+    def _task_path(cls, name: str | None) -> str | None:
+        if name is not None and not _is_import_path(name):
+            raise ValueError(f"{name!r} is not an import path package.module:Class")
+        return name
 
 
 class TrialConfig(Section):
@@ -298,6 +322,9 @@ class DeployConfig(Section):
 
     int8: bool = False  # also ONNX Runtime static int8, kept only if accurate enough
     max_accuracy_drop: float = Field(0.5, ge=0, le=100)  # percentage points of val_acc
+    # A train.task's champion: how much int8 may worsen search.metric, in its own units
+    # (None: int8 is refused, there being no bound to judge it by).
+    max_metric_change: float | None = Field(None, ge=0)
     calibration_images: int = Field(256, ge=1)  # training images that calibrate int8
     threads: int = Field(2, ge=1)  # intra-op threads of every runtime in the benchmark
     rounds: int = Field(100, ge=1)  # timed calls per runtime and batch size

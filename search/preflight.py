@@ -4,7 +4,8 @@ Every trial would otherwise meet the same problem, after Ray, MLflow and the tri
 processes had started: the data is there (torchvision's files; an image folder or a data
 function loads, and an image folder is decoded into its cache once, here), the model
 builds for that data and turns a few of its images into one finite logit per class, and
-`search.metric` is a number the trials report.
+`search.metric` is a number the trials report. A training task of the user's
+(`train.task`) is built and run once instead: a batch's loss, an evaluation, its example.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from torch import Tensor, nn
 
 import models
 from search.config import ConfigError, DataConfig, SearchConfig, TrialConfig
-from search.trial import data
+from search.trial import data, trainer
+from search.trial import task as task_
 from search.trial.trainer import METRICS
 
 # (classes, channels, side) of the built-in datasets, known without loading them.
@@ -30,8 +32,11 @@ SAMPLES = 4
 
 def check(cfg: TrialConfig) -> None:
     """Raise ConfigError, naming the field and value, for what no trial could get past."""
+    if cfg.train.task is not None:
+        check_task(cfg)
+        return
     if isinstance(cfg, SearchConfig):
-        check_metric(cfg.search.metric)
+        check_metric(cfg.search.metric, METRICS, "trials")
     data.check_present(cfg.data)
     batch, num_classes = sample(cfg.data)
     for field, kwargs in model_kwargs(cfg):
@@ -49,13 +54,87 @@ def check(cfg: TrialConfig) -> None:
             raise ConfigError(f"{field}: model {cfg.model.name!r}: {problem}")
 
 
-def check_metric(metric: str) -> None:
+def check_metric(metric: str, reported: tuple[str, ...], who: str) -> None:
     """Refuse a `search.metric` the trials do not report as a number every epoch: Ray would
-    stop the search at the first result without it."""
-    if metric not in METRICS:
-        near = difflib.get_close_matches(metric, METRICS, n=1)
-        raise ConfigError(f"search.metric {metric!r}: no trial reports it; trials report "
-                          f"{', '.join(METRICS)}" + (f"; nearest: {near[0]}" if near else ""))
+    stop the search at the first result without it. `who` reports `reported`."""
+    if metric not in reported:
+        near = difflib.get_close_matches(metric, reported, n=1)
+        raise ConfigError(f"search.metric {metric!r}: no trial reports it; {who} report "
+                          f"{', '.join(reported)}" + (f"; nearest: {near[0]}" if near else ""))
+
+
+def check_task(cfg: TrialConfig) -> None:
+    """A `train.task` of the user's, tried once on the CPU as a trial would use it: built,
+    its model built from its `model_args()` (with each searched `model.kwargs` value), one
+    training batch's loss (a scalar with a gradient), one evaluation (a dict of finite
+    val_* numbers), the model run on `example_input()`; then `search.metric` and the
+    task's `tie_break` checked against what the evaluation reported."""
+    name = cfg.train.task
+    device = torch.device("cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        task = task_.build(cfg, device)
+        evaluated: tuple[str, ...] = ()
+        for field, kwargs in model_kwargs(cfg):
+            torch.manual_seed(cfg.train.seed)
+            try:
+                model = models.make(cfg.model.name, **task.model_args(), **kwargs)
+            except models.ModelError as e:
+                raise ConfigError(f"{field}: {e}") from None
+            evaluated = tuple(_try_task(cfg, task, model))
+    reported = trainer.reported(evaluated, getattr(task, "unit", "samples"))
+    if isinstance(cfg, SearchConfig):
+        check_metric(cfg.search.metric, reported, f"train.task {name!r} and the trainer")
+    tie = getattr(type(task), "tie_break", None)
+    if tie is not None and (not isinstance(tie, tuple | list) or len(tie) != 2
+                            or tie[0] not in evaluated or tie[1] not in ("min", "max")):
+        raise ConfigError(f"train.task {name!r}: tie_break {tie!r}: expected (metric, 'min' "
+                          f"or 'max') with a metric evaluate reports ({', '.join(evaluated)})")
+
+
+def _try_task(cfg: TrialConfig, task: task_.Task, model: nn.Module) -> dict[str, float]:
+    """One training step's loss and one evaluation of `task` on `model`: the evaluation's
+    metrics, or ConfigError naming the method that failed and how."""
+    name = cfg.train.task
+
+    def call(method: str, *args):
+        try:
+            if method == "batches":  # a generator raises when iterated
+                return next(iter(task.batches(*args)), None)
+            return getattr(task, method)(*args)
+        except ConfigError:
+            raise
+        except Exception as e:  # noqa: BLE001  the user's code: any failure is theirs to see
+            raise ConfigError(f"train.task {name!r}: {method} raised {type(e).__name__}: "
+                              f"{(str(e).splitlines() or [''])[0]}") from None
+
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+    batch = call("batches", cfg.train.batch_size, 1, generator)
+    if not isinstance(batch, tuple | list) or not batch or not all(
+            isinstance(t, Tensor) for t in batch):
+        raise ConfigError(f"train.task {name!r}: batches yielded {type(batch).__name__}, "
+                          "not a tuple of tensors (an empty epoch?)")
+    model.train()
+    loss = call("loss", model, tuple(batch))
+    task_.check_loss(name, loss)
+    loss.backward()
+    if not any(p.grad is not None for p in model.parameters()):
+        raise ConfigError(f"train.task {name!r}: loss has no gradient for any of the "
+                          "model's parameters")
+    model.eval()
+    with torch.no_grad():
+        metrics = task_.check_metrics(name, call("evaluate", model))
+        example = call("example_input")
+        if not isinstance(example, Tensor):
+            raise ConfigError(f"train.task {name!r}: example_input returned "
+                              f"{type(example).__name__}, not a tensor")
+        try:
+            model(example)
+        except Exception as e:  # noqa: BLE001
+            raise ConfigError(f"train.task {name!r}: the model does not run on "
+                              f"example_input() {tuple(example.shape)}: {type(e).__name__}: "
+                              f"{(str(e).splitlines() or [''])[0]}") from None
+    return metrics
 
 
 def builtin_shape(cfg: DataConfig) -> tuple[int, tuple[int, int, int]] | None:

@@ -179,6 +179,8 @@ def trainable(cfg: SearchConfig, path: str, trial: Callable[..., None] = run_tri
              if s.name == "asha" else ())
     common = dict(base=cfg.trial(), rungs=rungs,
                   checkpoint_period_s=cfg.search.checkpoint_period_s)
+    if trial is run_trial:  # the search's metric in every result, whatever the task reports
+        common["metric"] = cfg.search.metric
     if r.distributed and trial is run_trial:
         # Imported only here: Ray Train's torch side and ZeRO's torch.distributed imports
         # cost about 0.7 s, before Ray starts, that one-worker searches never use.
@@ -343,7 +345,9 @@ def search(args: argparse.Namespace) -> SearchResult:
         cluster.check_local_resources(cfg.resources)
     tracker = tracking.open()  # imports MLflow in its writer thread while Ray starts
     try:
-        cluster.connect(cfg.ray.address, preload=cfg.data, ship=ship, verbose=args.verbose)
+        # Workers load the dataset as they start; a task of the user's loads its own data.
+        preload = cfg.data if cfg.train.task is None else None
+        cluster.connect(cfg.ray.address, preload=preload, ship=ship, verbose=args.verbose)
         fits = cluster.check_resources(cfg.resources)
         if fits is not None and fits < cfg.search.max_concurrent:
             log.info("search.max_concurrent %d: the cluster has room for %d trials of %d "
@@ -462,7 +466,7 @@ def _register(cfg: SearchConfig, tracker, best, best_yaml: Path
         log.error("%s not registered: %s", name, reason)
         return None, False, "", reason
     judged = promotion.Judged(cfg.search.metric, cfg.search.mode, best.value,
-                              promotion.fingerprint(winner.data))
+                              promotion.judged_on(winner))
     crowned, why = promotion.promote(tracker.client, name, version, judged, cfg.mlflow.promote)
     alias = promotion.CHAMPION if crowned else promotion.CHALLENGER
     log.info("registered %s version %s as @%s%s", name, version, alias,

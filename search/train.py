@@ -28,6 +28,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def epoch_line(metrics: dict) -> str:
+    """`epoch   3  train_loss 0.4012  val_loss 0.3310  val_acc 0.9109  lr 1.00e-03  0.21s
+    6722 img/s`: the trainer's numbers and every validation metric the task reports."""
+    scores = "".join(f"  {k} {v:.4f}" for k, v in metrics.items() if k.startswith("val_"))
+    rate = next(((k, v) for k, v in metrics.items() if k.endswith("_per_s")), None)
+    unit = "img" if rate and rate[0] == "images_per_s" else rate[0].removesuffix("_per_s")
+    return (f"epoch {metrics['epoch']:3d}  train_loss {metrics['train_loss']:.4f}{scores}  "
+            f"lr {metrics['lr']:.2e}  {metrics['epoch_s']:.2f}s  {rate[1]:.0f} {unit}/s"
+            + ("  DIVERGED" if metrics["diverged"] else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = config_.load(args.config, args.set).trial()
@@ -39,13 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def report(metrics: dict, checkpoint: dict | None) -> None:
         history.append(metrics)
-        print(
-            f"epoch {metrics['epoch']:3d}  train_loss {metrics['train_loss']:.4f}  "
-            f"val_loss {metrics['val_loss']:.4f}  val_acc {metrics['val_acc']:.4f}  "
-            f"lr {metrics['lr']:.2e}  {metrics['epoch_s']:.2f}s  "
-            f"{metrics['images_per_s']:.0f} img/s" + ("  DIVERGED" if metrics["diverged"] else ""),
-            flush=True,
-        )
+        print(epoch_line(metrics), flush=True)
         if checkpoint is not None:
             out.mkdir(parents=True, exist_ok=True)
             torch.save(checkpoint, out / "checkpoint.pt")
@@ -55,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "config.yaml").write_text(config_.dump(cfg))
     (out / "metrics.json").write_text(json.dumps(history, indent=1))
     status = "diverged" if final.get("diverged") else "done"
-    print(f"{status}: val_acc {final['val_acc']:.4f}; wrote {out}/")
+    scores = "  ".join(f"{k} {v:.4f}" for k, v in final.items() if k.startswith("val_"))
+    print(f"{status}: {scores or 'no validation metrics'}; wrote {out}/")
     return 1 if final.get("diverged") else 0
 
 

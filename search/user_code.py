@@ -1,7 +1,7 @@
 """The user's own code: where a plug-in model or data function is imported from, and what
 is shipped to the workers.
 
-A plug-in is named by an import path `package.module:attribute`. The driver imports it
+A plug-in (a model, a data function, a training task) is named by an import path `package.module:attribute`. The driver imports it
 from the config file's folder (so a module beside the YAML needs no installing), from the
 folders in `code`, or from installed packages. What is not installed (the user's folders,
 and `ray.py_modules`) reaches every worker through Ray's runtime_env `py_modules`, and its
@@ -22,9 +22,10 @@ from search.config import ConfigError, SearchConfig, TrialConfig
 
 
 def plugins(cfg: TrialConfig) -> list[str]:
-    """Top-level modules of the config's plug-in model and data function, if any."""
-    return [name.partition(":")[0].split(".")[0] for name in (cfg.model.name, cfg.data.dataset)
-            if models.is_import_path(name)]
+    """Top-level modules of the config's plug-in model, data function and task, if any."""
+    names = (cfg.model.name, cfg.data.dataset, cfg.train.task or "")
+    return list(dict.fromkeys(name.partition(":")[0].split(".")[0] for name in names
+                              if models.is_import_path(name)))
 
 
 def use_folders(folders: list[str | Path]) -> None:

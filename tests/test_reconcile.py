@@ -8,7 +8,7 @@ import json
 from mlflow.tracking import MlflowClient
 
 from search.record.reconcile import Logged, Restored, plan, read_record
-from search.record.tracking import RETRY_S, Tracker
+from search.record.tracking import RETRY_S, Tracker, tracked
 
 ENDED = {"outcome": "pruned", "pruned_at_epoch": "2"}
 
@@ -62,7 +62,7 @@ def test_ray_records_each_epoch_first_as_reported_and_a_cut_line_is_skipped():
              {"epoch": 2, "val_acc": 0.25, "timestamp": 12, "node_id": "n2"},  # a replay
              {"error": "x"}]
     text = "\n".join(json.dumps(r) for r in lines) + '\n{"epoch": 3, "val'
-    epochs, times, node = read_record(text, ("val_acc",))
+    epochs, times, node = read_record(text, tracked)
     assert epochs == {1: {"val_acc": 0.1}, 2: {"val_acc": 0.2}}
     assert times == {1: 10000, 2: 11000} and node == "n2"
 

@@ -119,7 +119,16 @@ def deploy(args: argparse.Namespace) -> dict:
     cfg = settings(saved, args.set)
     champ = champion_.resolve(model_uri, tracking_uri, args.source)
     print(f"champion: {champ.registered_name} version {champ.version} (trial "
-          f"{champ.trial_id}, val_acc {champ.val_acc:.4f}) at {redact(tracking_uri)}", flush=True)
+          f"{champ.trial_id}, {champ.score()}) at {redact(tracking_uri)}", flush=True)
+    out = Path(args.out or Path("runs", "deploy", f"{champ.registered_name}-v{champ.version}"))
+    if champ.trial.train.task is not None:  # a training task of the user's
+        from search.deploy import task_deploy
+
+        out.mkdir(parents=True, exist_ok=True)
+        report = {**task_deploy.deploy(champ, cfg, out, BATCH), "when": time.strftime("%F %T")}
+        if champ.parent_run_id:
+            log_to_search(champ, report, report["latency"])
+        return report
     # After the cheap checks, which must answer bad input in seconds: these load slowly.
     import numpy as np
     import torch
@@ -134,7 +143,6 @@ def deploy(args: argparse.Namespace) -> dict:
     # Calibration from the training split only: the validation split judges the result.
     order = torch.randperm(len(ds.train), generator=torch.Generator().manual_seed(0))
     calibration = (ds.train.x[order[:cfg.calibration_images]].float() / 255).numpy()
-    out = Path(args.out or Path("runs", "deploy", f"{champ.registered_name}-v{champ.version}"))
     out.mkdir(parents=True, exist_ok=True)
 
     eager = export.run_batched(latency.torch_runner(model), val_x)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from search import config as config_
 from search.config import ConfigError, TrialConfig
+from search.record.promotion import Judged
 from search.record.store import (
     CHAMPION,
     CHAMPION_CHECKPOINT,
@@ -41,6 +42,7 @@ class Champion:
     trial_id: str | None
     tracking_uri: str
     state: dict[str, Any]  # model, model_spec, metrics, config (a TrialConfig's JSON)
+    judged: Judged | None = None  # what the version was judged on (search.metric, mode, ...)
 
     @property
     def trial(self) -> TrialConfig:
@@ -49,6 +51,12 @@ class Champion:
     @property
     def val_acc(self) -> float | None:
         return self.state["metrics"].get("val_acc")
+
+    def score(self) -> str:
+        """`val_acc 0.9916`: what the champion was judged on, and its value."""
+        metric = self.judged.metric if self.judged else "val_acc"
+        value = self.state["metrics"].get(metric)
+        return f"{metric} {value:.4f}" if isinstance(value, float) else f"{metric} unknown"
 
     def model(self) -> nn.Module:
         """The trained network in eval mode, taking images scaled to [0, 1]."""
@@ -98,4 +106,4 @@ def resolve(model_uri: str, tracking_uri: str, source: str) -> Champion:
     state = torch.load(path, map_location="cpu", weights_only=True)
     tags = client.get_run(version.run_id).data.tags
     return Champion(name, str(version.version), version.run_id, tags.get("mlflow.parentRunId"),
-                    tags.get("trial_id"), tracking_uri, state)
+                    tags.get("trial_id"), tracking_uri, state, Judged.of(version.tags or {}))

@@ -31,14 +31,16 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((logits.argmax(1) == labels).mean())
 
 
-def to_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
-    """Export with torch's (dynamo) exporter, the batch dimension dynamic; one file."""
+def to_onnx(model: nn.Module, example: torch.Tensor, path: Path,
+            names: tuple[str, str] = (INPUT, OUTPUT)) -> Path:
+    """Export with torch's (dynamo) exporter, the batch dimension dynamic; one file. `names`:
+    the graph's input and output (an image classifier's, or a task's)."""
     # The exporter prints its progress and logs warnings of no use to a user here.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with contextlib.redirect_stdout(io.StringIO()):
         program = torch.onnx.export(
             model, (example,), dynamo=True, verbose=False,
-            input_names=[INPUT], output_names=[OUTPUT],
+            input_names=[names[0]], output_names=[names[1]],
             dynamic_shapes=({0: torch.export.Dim("batch")},),
         )
     program.save(str(path))

@@ -36,11 +36,11 @@ def torch_runner(model) -> Runner:
 
 
 def ort_runner(session) -> Runner:
-    """An ONNX Runtime session as a runner."""
-    from search.deploy.export import INPUT
+    """An ONNX Runtime session as a runner (fed through its one input, whatever its name)."""
+    name = session.get_inputs()[0].name
 
     def run(images: np.ndarray) -> np.ndarray:
-        return session.run(None, {INPUT: images})[0]
+        return session.run(None, {name: images})[0]
     return run
 
 
@@ -82,11 +82,11 @@ def measure(runners: dict[str, Runner], one: np.ndarray, many: np.ndarray, round
                    len(many) / float(np.median(large[name]))) for name in runners]
 
 
-def table(timings: list[Timing], batch: int) -> list[str]:
+def table(timings: list[Timing], batch: int, unit: str = "img") -> list[str]:
     """The timings as text lines, with ratios to the first runner (the reference)."""
     ref = timings[0]
     lines = [f"{'runtime':<14} {'p50 ms':>8} {'p95 ms':>8} {'x ' + ref.name:>10} "
-             f"{'img/s@' + str(batch):>11} {'x ' + ref.name:>10}"]
+             f"{unit + '/s@' + str(batch):>11} {'x ' + ref.name:>10}"]
     for t in timings:
         lines.append(f"{t.name:<14} {t.p50_ms:8.3f} {t.p95_ms:8.3f} {ref.p50_ms / t.p50_ms:10.2f} "
                      f"{t.images_per_s:11.0f} {t.images_per_s / ref.images_per_s:10.2f}")

@@ -18,13 +18,14 @@ can still land last: the pauses bound the race, they cannot close it.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from search.config import DataConfig
+from search.config import DataConfig, TrialConfig
 from search.record.store import CHAMPION
 
 CHALLENGER = "challenger"
@@ -67,6 +68,14 @@ def fingerprint(cfg: DataConfig) -> str:
     digest = hashlib.sha256(val.x.contiguous().numpy().tobytes())
     digest.update(val.y.contiguous().numpy().tobytes())
     return f"{cfg.dataset} split_seed={cfg.split_seed} sha256:{digest.hexdigest()[:16]}"
+
+
+def judged_on(trial: TrialConfig) -> str:
+    """The validation data a trial's score holds for: an image classifier's `fingerprint`;
+    for a training task, the task and its arguments (which choose its validation data)."""
+    if trial.train.task is None:
+        return fingerprint(trial.data)
+    return f"{trial.train.task} {json.dumps(trial.train.task_kwargs, sort_keys=True, default=str)}"
 
 
 def verdict(new: Judged, old: Judged | None, old_version: int | None,

@@ -24,6 +24,7 @@ comparison, and `mlflow gc` removes it from the store for good.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,10 +100,10 @@ def plan(restored: dict[str, Restored], logged: list[Logged]) -> Plan:
     return out
 
 
-def read_record(text: str, metrics: tuple[str, ...]) -> tuple[dict[int, dict[str, float]],
-                                                              dict[int, int], str | None]:
+def read_record(text: str, metrics: Callable[[dict], dict[str, float]]
+                ) -> tuple[dict[int, dict[str, float]], dict[int, int], str | None]:
     """A trial's epochs as Ray's `result.json` (one JSON result a line) holds them: per
-    epoch the tracked metrics and the time, first report of an epoch first (a replay
+    epoch the tracked metrics (`metrics(result)` picks them) and the time, first report of an epoch first (a replay
     repeats it), and the node it last ran on. A line being written (cut short) is skipped."""
     epochs: dict[int, dict[str, float]] = {}
     times: dict[int, int] = {}
@@ -117,6 +118,6 @@ def read_record(text: str, metrics: tuple[str, ...]) -> tuple[dict[int, dict[str
         epoch = int(row["epoch"])
         node = row.get("node_id", node)
         if epoch not in epochs:
-            epochs[epoch] = {k: float(row[k]) for k in metrics if k in row}
+            epochs[epoch] = metrics(row)
             times[epoch] = int(float(row.get("timestamp", 0)) * 1000)
     return epochs, times, node

@@ -59,7 +59,7 @@ def summarize(grid: ResultGrid, cfg: SearchConfig) -> list[TrialSummary]:
     # full budget, not an early-rung number from a pruned trial.
     rank = {"completed": 0, "pruned": 1, "diverged": 2, "failed": 3}
 
-    tie = tie_breaker(cfg.search.metric)
+    tie = tie_breaker(cfg.search.metric, cfg.train.task)
 
     def key(t: TrialSummary) -> tuple:
         ok = math.isfinite(t.value) and rank[t.outcome] < 2
@@ -76,19 +76,35 @@ def outcome_counts(rows: list[TrialSummary]) -> str:
                      for k in ("completed", "pruned", "diverged", "failed"))
 
 
-def tie_breaker(metric: str) -> tuple[str, int] | None:
+def tie_breaker(metric: str, task: str | None = None) -> tuple[str, int] | None:
     """How trials equal on `metric` are ordered: (other metric, sign to sort ascending).
-    val_acc ties (common: 0.98886 is 356/360 digits) go to the lower val_loss, the more
-    confident model; val_loss ties to the higher val_acc; other metrics keep start order."""
-    return {"val_acc": ("val_loss", 1), "val_loss": ("val_acc", -1)}.get(metric)
+    Image classification: val_acc ties (common: 0.98886 is 356/360 digits) go to the lower
+    val_loss, the more confident model; val_loss ties to the higher val_acc. A training task
+    (`train.task`) names its own in `tie_break = ("val_other", "min" or "max")`. Otherwise,
+    and for other metrics, start order."""
+    if task is None:
+        return {"val_acc": ("val_loss", 1), "val_loss": ("val_acc", -1)}.get(metric)
+    tie = getattr(config_.import_attribute(task, "train.task"), "tie_break", None)
+    if not tie or tie[0] == metric:
+        return None
+    return tie[0], 1 if tie[1] == "min" else -1
 
 
-def tie_rule(metric: str, mode: str) -> str:
+def tie_rule(metric: str, mode: str, task: str | None = None) -> str:
     """The ranking rule in words, for the search's description."""
-    tie = tie_breaker(metric)
+    tie = tie_breaker(metric, task)
     then = f"the {'lower' if tie[1] > 0 else 'higher'} {tie[0]}, then " if tie else ""
     return (f"ranked by {metric} ({mode}), trials that ran every epoch first; ties go to "
             f"{then}the trial started first")
+
+
+def second_metric(cfg: SearchConfig) -> str:
+    """The metric shown beside the search's in the tables: an image classifier's val_loss,
+    or what a task breaks ties on (else the search's own again)."""
+    if cfg.train.task is None:
+        return "val_loss"
+    tie = tie_breaker(cfg.search.metric, cfg.train.task)
+    return tie[0] if tie else cfg.search.metric
 
 
 def table(rows: list[TrialSummary], metric: str) -> Any:
@@ -173,7 +189,9 @@ def register_champion(tracker: Tracker, best: TrialSummary, name: str,
     state = load_checkpoint(result_checkpoint(best.result))
     spec = state["model_spec"]
     model = deployable(state)
-    example = torch.rand(2, spec["in_channels"], spec["image_size"], spec["image_size"])
+    # The signature's example: a task's own `example_input()`, else two images in [0, 1].
+    example = (spec["example"] if "task" in spec else
+               torch.rand(2, spec["in_channels"], spec["image_size"], spec["image_size"]))
     client = tracker.client
     run_id = tracker.children[best.trial_id]
     # mlflow.pytorch.log_model writes through the global tracking URI: point it at the
@@ -273,13 +291,14 @@ def draw(rows: list[TrialSummary], cfg: SearchConfig, best_id: str | None,
                           best_id, log_params, distributions, folder)
 
 
-def _markdown_table(rows: list[TrialSummary], metric: str, limit: int = 10) -> list[str]:
+def _markdown_table(rows: list[TrialSummary], metric: str, limit: int = 10,
+                    second: str = "val_loss") -> list[str]:
     names = list(dict.fromkeys(n for r in rows[:limit] for n in r.params))  # conditional keys
     short = space_.short_names(names)
-    lines = ["| rank | trial | outcome | epochs | " + f"{metric} | val_loss | "
+    lines = ["| rank | trial | outcome | epochs | " + f"{metric} | {second} | "
              + " | ".join(short[n] for n in names) + " |", "|" + "---|" * (6 + len(names))]
     for i, r in enumerate(rows[:limit], 1):
-        loss = (r.result.metrics or {}).get("val_loss", math.nan)
+        loss = (r.result.metrics or {}).get(second, math.nan)
         values = [fmt(r.params[n]) if n in r.params else "" for n in names]
         lines.append(f"| {i} | {r.trial_id} | {r.outcome} | {r.epochs} | {r.value:.4f} | "
                      f"{loss:.4f} | " + " | ".join(values) + " |")
@@ -291,16 +310,17 @@ def search_description(rows: list[TrialSummary], cfg: SearchConfig, best: TrialS
                        importance: str, kept: str = "") -> str:
     """The parent run's Markdown description: what was searched, who won and why, how to
     retrain it, where the model is, and the top of the table."""
-    loss = (best.result.metrics or {}).get("val_loss", math.nan)
+    second = second_metric(cfg)
+    loss = (best.result.metrics or {}).get(second, math.nan)
     lines = [
         f"**Search `{cfg.name}`**: {len(rows)} trials ({outcome_counts(rows)}), "
         f"{cfg.search.sampler} sampler, {cfg.scheduler.name} scheduler, "
         f"{cfg.train.epochs} epochs at most.",
         "",
         f"**Best**: trial `{best.trial_id}`, {cfg.search.metric} {best.value:.4f} "
-        f"(val_loss {loss:.4f}) after {best.epochs} epochs: {sample_line(best.params)}",
+        f"({second} {loss:.4f}) after {best.epochs} epochs: {sample_line(best.params)}",
         "",
-        f"**Ranking**: {tie_rule(cfg.search.metric, cfg.search.mode)}.",
+        f"**Ranking**: {tie_rule(cfg.search.metric, cfg.search.mode, cfg.train.task)}.",
         "",
         f"**Retrain**: `python -m search.train {best_yaml}`",
     ]
@@ -312,7 +332,7 @@ def search_description(rows: list[TrialSummary], cfg: SearchConfig, best: TrialS
         lines += ["", "**Hyperparameter " + importance.replace(":", "**:", 1)]
     elif importance:
         lines += ["", f"**Hyperparameter importance**: {importance}"]
-    return "\n".join([*lines, "", *_markdown_table(rows, cfg.search.metric)])
+    return "\n".join([*lines, "", *_markdown_table(rows, cfg.search.metric, second=second)])
 
 
 def model_description(cfg: SearchConfig, best: TrialSummary, best_yaml: Path) -> str:

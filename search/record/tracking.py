@@ -44,7 +44,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-METRICS = ("train_loss", "val_loss", "val_acc", "lr", "epoch_s", "images_per_s")
+# What of a trial's result goes to its MLflow run each epoch: the trainer's own numbers and
+# every validation metric its task reports (search/trial/trainer.py; not imported here: it
+# would pull torch into the driver's start).
+OWN_METRICS = ("train_loss", "lr", "epoch_s")
+
+
+def is_tracked(key: str) -> bool:
+    """Whether a result key is a metric logged per epoch: train_loss, lr, epoch_s, the
+    throughput (images_per_s, samples_per_s) and every val_* metric."""
+    return key in OWN_METRICS or key.startswith("val_") or key.endswith("_per_s")
+
+
+def tracked(result: dict[str, Any]) -> dict[str, float]:
+    """The tracked metrics of a result, as floats (numbers only)."""
+    return {k: float(v) for k, v in result.items()
+            if is_tracked(k) and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
 NOTE_TAG = "mlflow.note.content"  # a run's Markdown description in the MLflow UI
 SEARCH_TAG = "search.dir"  # identifies a search's parent run across restarts
@@ -86,7 +102,9 @@ def search_params(cfg: SearchConfig) -> dict[str, str]:
     params["scheduler"] = (f"asha (grace {sch.grace_period}, reduction {sch.reduction_factor:g}"
                            + (f", {sch.brackets} brackets" if sch.brackets > 1 else "") + ")"
                            if sch.name == "asha" else sch.name)
-    params.update({"model.name": cfg.model.name, "data.dataset": cfg.data.dataset,
+    params.update({"model.name": cfg.model.name,
+                   **({"data.dataset": cfg.data.dataset} if cfg.train.task is None else
+                      {"train.task": cfg.train.task}),
                    "optimizer.name": cfg.optimizer.name, "train.epochs": str(cfg.train.epochs),
                    "train.batch_size": str(cfg.train.batch_size)})
     if cfg.resources.distributed:
@@ -282,7 +300,7 @@ class Tracker:
 
     def _steps(self, run) -> set[int]:
         """The epochs a run holds (metrics of an epoch are logged together)."""
-        key = next((k for k in METRICS if k in run.data.metrics), None)
+        key = next((k for k in run.data.metrics if is_tracked(k)), None)
         if key is None:
             return set()
         return {m.step for m in self.client.get_metric_history(run.info.run_id, key)}
@@ -454,7 +472,7 @@ class Tracker:
         self.submit(log_params)
 
     def log_epoch(self, trial_id: str, metrics: dict[str, Any]) -> None:
-        values = {k: float(metrics[k]) for k in METRICS if k in metrics}
+        values = tracked(metrics)
         self.submit(RunUpdate(trial_id, int(metrics["epoch"]), values,
                               timestamp_ms=int(time.time() * 1000)))
 
@@ -481,7 +499,7 @@ class Tracker:
             return
         restored = {}
         for trial, load in trials:
-            epochs, times, node = reconcile.read_record(load(), METRICS)
+            epochs, times, node = reconcile.read_record(load(), tracked)
             restored[trial.trial_id] = replace(trial, epochs=epochs, timestamps_ms=times,
                                                node_id=node)
         logged = [reconcile.Logged(r.info.run_id, r.data.tags.get("trial_id", ""),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -242,12 +242,8 @@ class DeviceLoader:
         crop_padding: int = 0,
         flip: bool = False,
         channels_last: bool = False,
-        part: Callable[[int], slice] | None = None,
     ) -> None:
         self.split = split
-        # Data-parallel training: every rank draws the same order and augmentation, then
-        # keeps `part(len(batch))` of each batch (search/trial/distributed/ranks.py).
-        self.part = part
         self.batch_size = batch_size
         self.train = train
         self.generator = generator
@@ -277,9 +273,6 @@ class DeviceLoader:
             if self.flip:
                 xb = random_flip(xb, self.generator)
             yb = y[idx]
-            if self.part is not None:
-                rows = self.part(len(yb))
-                xb, yb = xb[rows], yb[rows]
             xb = (xb.float().div_(255) - self.mean) / self.std
             if self.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)

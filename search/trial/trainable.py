@@ -71,24 +71,33 @@ def report_checkpoint(send, checkpoint_type, metrics: dict[str, Any],
         raise
 
 
-def error_result(epoch: int, error: BaseException) -> dict[str, Any]:
+def error_result(epoch: int, error: BaseException, metric: str = "val_acc") -> dict[str, Any]:
     """The last result of a trial that failed in a way a retry would meet again: every
-    metric NaN, so that Ray finds `search.metric` in it whichever metric that is."""
-    return {**dict.fromkeys(METRICS, float("nan")), "epoch": epoch, "diverged": False,
+    metric NaN, `metric` (the search's) included, so that Ray finds it in the result."""
+    return {**dict.fromkeys((*METRICS, metric), float("nan")), "epoch": epoch,
+            "diverged": False,
             "error": f"{type(error).__name__}: {error}".splitlines()[0][:300]}
+
+
+def with_metric(metrics: dict[str, Any], metric: str) -> dict[str, Any]:
+    """`metrics` with the search's metric in it: NaN (ranked last) where a task reported
+    none (a diverged run of a task without `diverged()`); Ray stops a search at a result
+    without it."""
+    return metrics if metric in metrics else {**metrics, metric: float("nan")}
 
 
 class Reporter:
     """Hands each epoch's metrics to Tune, with a checkpoint when the policy says so."""
 
-    def __init__(self, policy: CheckpointPolicy) -> None:
+    def __init__(self, policy: CheckpointPolicy, metric: str = "val_acc") -> None:
         self.policy = policy
+        self.metric = metric
         self.node_id = ray.get_runtime_context().get_node_id()
         self.last_epoch = 0
 
     def __call__(self, metrics: dict[str, Any], checkpoint: dict[str, Any] | None) -> None:
         self.last_epoch = metrics["epoch"]
-        metrics = {**metrics, "node_id": self.node_id}
+        metrics = {**with_metric(metrics, self.metric), "node_id": self.node_id}
         start = time.perf_counter()
         if checkpoint is None or not self.policy.due(metrics["epoch"], start):
             tune.report(metrics)
@@ -99,24 +108,24 @@ class Reporter:
 
 
 def run_trial(params: dict[str, Any], base: TrialConfig, rungs: tuple[int, ...] = (),
-              checkpoint_period_s: float | None = None) -> None:
+              checkpoint_period_s: float | None = None, metric: str = "val_acc") -> None:
     """Train the base config with this trial's sample, resuming from Tune's checkpoint.
 
-    `rungs` and `checkpoint_period_s` say when to checkpoint (search/trial/checkpoints.py).
+    `rungs` and `checkpoint_period_s` say when to checkpoint (search/trial/checkpoints.py);
+    `metric` is the search's, in every result.
     """
     cfg = trial_config(base, params)
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # a line per checkpoint is noise
     checkpoint = tune.get_checkpoint()
     resume = load_checkpoint(checkpoint) if checkpoint else None
     warm.use_assigned_cpus(ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0))
-    report = Reporter(CheckpointPolicy(cfg.train.epochs, rungs, checkpoint_period_s))
+    report = Reporter(CheckpointPolicy(cfg.train.epochs, rungs, checkpoint_period_s), metric)
     try:
-        train(cfg, report, resume=resume,
-              dataset=warm.dataset(cfg.data, pick_device(cfg.train.device)))
+        train(cfg, report, resume=resume, task=warm.task(cfg, pick_device(cfg.train.device)))
     except DETERMINISTIC as e:
         # It would fail the same way on a retry: end the trial as failed, with the reason,
         # instead of raising (Ray retries whatever a trial raises, up to max_failures).
-        tune.report(error_result(report.last_epoch, e))
+        tune.report(error_result(report.last_epoch, e, metric))
     finally:
         # The process may run another trial next: keep nothing of this one.
         warm.release(compiled=cfg.train.compile or bool(cfg.optimizer.fused))

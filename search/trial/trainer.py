@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -19,7 +19,8 @@ from torch import nn
 import models
 import optim
 from search.config import TrialConfig
-from search.trial import data
+from search.trial import data, image_task
+from search.trial import task as task_
 
 if TYPE_CHECKING:
     from search.trial.distributed.ranks import Ranks
@@ -29,21 +30,18 @@ Checkpoint = dict[str, Any]  # plain tensors and numbers: loads with weights_onl
 Report = Callable[[Metrics, "Checkpoint | None"], None]
 
 
-class EpochMetrics(NamedTuple):
-    """The numbers every epoch's report holds (with a `diverged` flag): the trainer reports
-    them through this record, so `METRICS`, what `search.metric` may name, is what it
-    reports."""
-
-    epoch: int
-    train_loss: float
-    val_loss: float
-    val_acc: float
-    lr: float
-    epoch_s: float
-    images_per_s: float  # in training
+# What the trainer itself reports every epoch, around the task's validation metrics (and a
+# `diverged` flag): epoch, train_loss, val_..., lr, epoch_s, UNIT_per_s.
+OWN_METRICS = ("epoch", "train_loss", "lr", "epoch_s")
 
 
-METRICS = EpochMetrics._fields
+def reported(val_metrics: tuple[str, ...], unit: str) -> tuple[str, ...]:
+    """Every metric a trial reports, for a task whose `evaluate` reports `val_metrics` and
+    whose training throughput is counted in `unit` (images, samples)."""
+    return ("epoch", "train_loss", *val_metrics, "lr", "epoch_s", f"{unit}_per_s")
+
+
+METRICS = reported(image_task.METRICS, "images")  # an image classification trial's
 
 
 def pick_device(name: str) -> torch.device:
@@ -83,54 +81,54 @@ def build_schedule(cfg: TrialConfig, opt: torch.optim.Optimizer, steps_per_epoch
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
 
 
-def model_spec(cfg: TrialConfig, ds: data.Dataset) -> dict[str, Any]:
-    """What `models.build` needs to rebuild the network from a checkpoint."""
-    return {
-        "name": cfg.model.name,  # a registered name, or the user's package.module:factory
-        "kwargs": dict(cfg.model.kwargs),
-        "num_classes": ds.num_classes,
-        "in_channels": ds.in_channels,
-        "image_size": ds.image_size,
-        "mean": list(ds.mean),
-        "std": list(ds.std),
-    }
+def model_spec(cfg: TrialConfig, task: task_.Task) -> dict[str, Any]:
+    """What `deployable` needs to rebuild the network from a checkpoint."""
+    spec = {"name": cfg.model.name,  # a registered name, or the user's package.module:factory
+            "kwargs": dict(cfg.model.kwargs)}
+    if isinstance(task, image_task.ImageClassification):
+        ds = task.ds
+        return {**spec, "num_classes": ds.num_classes, "in_channels": ds.in_channels,
+                "image_size": ds.image_size, "mean": list(ds.mean), "std": list(ds.std)}
+    return {**spec, "task": cfg.train.task, "args": dict(task.model_args()),
+            "example": task.example_input().detach().cpu()}
 
 
 def deployable(checkpoint: Checkpoint) -> nn.Module:
     """A checkpoint's trained network, packaged for deployment: rebuilt from its
     `model_spec` (a registered name or the user's factory, with its kwargs), its weights
-    loaded, wrapped in `models.Normalized` so that it takes images scaled to [0, 1]."""
+    loaded, in eval mode. An image classifier is wrapped in `models.Normalized`, so that it
+    takes images scaled to [0, 1]; a task's network takes what the task feeds it."""
     spec = checkpoint["model_spec"]
+    if "task" in spec:
+        net = models.make(spec["name"], **spec["args"], **spec.get("kwargs", {}))
+        net.load_state_dict(checkpoint["model"])
+        return net.eval()
     net = models.build(spec["name"], spec["num_classes"], spec["in_channels"],
                        spec["image_size"], **spec.get("kwargs", {}))
     net.load_state_dict(checkpoint["model"])
     return models.Normalized(net, spec["mean"], spec["std"]).eval()
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: data.DeviceLoader, autocast,
-             parallel: Ranks | None = None) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over a loader (over every rank's loader, summed)."""
-    model.eval()
-    loss_sum, correct, count = 0.0, 0, 0
-    for xb, yb in loader:
-        with autocast():
-            logits = model(xb)
-        loss_sum += nn.functional.cross_entropy(logits.float(), yb, reduction="sum").item()
-        correct += (logits.argmax(1) == yb).sum().item()
-        count += len(yb)
-    if parallel is not None:
-        loss_sum, correct, count = parallel.sum(loss_sum, correct, count)
-    return loss_sum / count, correct / count
+def steps_per_epoch(task: task_.Task, batch_size: int, seed: int,
+                    device: torch.device) -> int:
+    """Optimizer steps in an epoch, for the schedule: the task's own count, or epoch 1's
+    batches counted once with a generator of their own (the trial's stays untouched)."""
+    if hasattr(task, "steps_per_epoch"):
+        return int(task.steps_per_epoch(batch_size))
+    scratch = torch.Generator(device=device).manual_seed(seed)
+    return max(1, sum(1 for _ in task.batches(batch_size, 1, scratch)))
 
 
 def train(cfg: TrialConfig, report: Report, resume: Checkpoint | None = None,
-          dataset: data.Dataset | None = None, parallel: Ranks | None = None) -> Metrics:
+          dataset: data.Dataset | None = None, parallel: Ranks | None = None,
+          task: task_.Task | None = None) -> Metrics:
     """Train `cfg` for `cfg.train.epochs`, calling `report(metrics, checkpoint)` each epoch.
 
-    `dataset` is `cfg.data` already loaded (a warm trial process keeps it); None loads it.
-    A non-finite training loss ends the run: the epoch is reported with
-    `diverged: True` and `val_acc` 0, and no checkpoint. Returns the last metrics.
+    `task`: what is learnt (search/trial/task.py), already built (a warm trial process
+    keeps it); None builds the config's (`train.task`, else image classification of
+    `cfg.data`, with `dataset` as its data when given). A non-finite training loss ends the
+    run: the epoch is reported with `diverged: True` (and the task's `diverged()` metrics:
+    `val_acc` 0 for images), and no checkpoint. Returns the last metrics.
     `parallel`: this process is one rank of a data-parallel trial (search/trial/distributed/):
     it trains on its part of every batch, the metrics are the whole group's, and a
     checkpoint is made only on the epochs rank 0 picks (None is reported on the others).
@@ -138,33 +136,19 @@ def train(cfg: TrialConfig, report: Report, resume: Checkpoint | None = None,
     device = parallel.device if parallel is not None else pick_device(cfg.train.device)
     cuda = device.type == "cuda"
     torch.manual_seed(cfg.train.seed)
-    ds = (dataset or data.load(cfg.data)).to(device)
-    train_split, val_split = ds.train, ds.val
+    if task is None:
+        task = (task_.build(cfg, device) if cfg.train.task is not None else
+                image_task.ImageClassification(cfg, device, dataset))
     generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
-    loader = data.DeviceLoader(
-        train_split,
-        cfg.train.batch_size,
-        ds.mean,
-        ds.std,
-        train=True,
-        generator=generator,
-        crop_padding=cfg.data.crop_padding,
-        flip=cfg.data.flip,
-        channels_last=cuda,
-        part=parallel.part if parallel is not None else None,
-    )
-    if parallel is not None:
-        val_split = val_split.rows(parallel.part(len(val_split)))
-    val_loader = data.DeviceLoader(
-        val_split, 1024, ds.mean, ds.std, train=False, channels_last=cuda
-    )
+    steps = steps_per_epoch(task, cfg.train.batch_size, cfg.train.seed, device)
 
-    model = models.build(cfg.model.name, ds.num_classes, ds.in_channels, ds.image_size,
-                         **cfg.model.kwargs)
-    model = model.to(device, memory_format=torch.channels_last if cuda else torch.preserve_format)
+    model = models.make(cfg.model.name, **task.model_args(), **cfg.model.kwargs)
+    channels_last = getattr(task, "channels_last", False)
+    model = model.to(device, memory_format=torch.channels_last if channels_last
+                     else torch.preserve_format)
     opt = (build_optimizer(cfg, model.parameters()) if parallel is None else
            parallel.optimizer(model.parameters(), *optimizer_args(cfg)))
-    schedule = build_schedule(cfg, opt, len(loader))
+    schedule = build_schedule(cfg, opt, steps)
     start_epoch = 0
     if resume is not None:
         model.load_state_dict(resume["model"])
@@ -177,14 +161,14 @@ def train(cfg: TrialConfig, report: Report, resume: Checkpoint | None = None,
         start_epoch = resume["epoch"]
     step_model = parallel.wrap(model) if parallel is not None else model
     step_model = torch.compile(step_model) if cfg.train.compile else step_model
-    # Ranks evaluate their parts with the bare model: DDP's forward is a collective.
+    # Ranks evaluate with the bare model: DDP's forward is a collective.
     eval_model = step_model if parallel is None else model
 
     def autocast():
         # bf16 autocast on CUDA; on CPU full fp32 keeps resumed runs bitwise equal.
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
 
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+    throughput = f"{getattr(task, 'unit', 'samples')}_per_s"
     metrics: Metrics = {}
     for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
         model.train()
@@ -194,28 +178,37 @@ def train(cfg: TrialConfig, report: Report, resume: Checkpoint | None = None,
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         seen = 0
-        for xb, yb in loader:
+        for batch in task.batches(cfg.train.batch_size, epoch, generator):
+            if parallel is not None:  # every rank drew the same batch: keep this rank's part
+                batch = task_.rows(batch, parallel.part(task_.batch_len(batch)))
             with autocast():
-                loss = loss_fn(step_model(xb), yb)
+                loss = task.loss(step_model, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.train.grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
             opt.step()
             schedule.step()
-            loss_sum += loss.detach() * len(yb)  # stays on device: no sync per step
-            seen += len(yb)
-        if parallel is not None:  # the whole group's mean loss and images
+            n = task_.batch_len(batch)
+            loss_sum += loss.detach() * n  # stays on device: no sync per step
+            seen += n
+        if parallel is not None:  # the whole group's mean loss and samples
             loss_sum, seen = parallel.sum(loss_sum, seen)
         train_loss = float(loss_sum / seen)
         if cuda:
             torch.cuda.synchronize()
         train_s = time.perf_counter() - t0
         diverged = not math.isfinite(train_loss)
-        val_loss, val_acc = ((float("inf"), 0.0) if diverged else
-                             evaluate(eval_model, val_loader, autocast, parallel))
-        metrics = {**EpochMetrics(epoch, train_loss, val_loss, val_acc, lr,
-                                  time.perf_counter() - t0, seen / train_s)._asdict(),
+        if diverged:
+            scores = getattr(task, "diverged", dict)()
+        else:
+            eval_model.eval()
+            with torch.no_grad(), autocast():
+                scores = task.evaluate(eval_model)
+            if cfg.train.task is not None:
+                scores = task_.check_metrics(cfg.train.task, scores)
+        metrics = {"epoch": epoch, "train_loss": train_loss, **scores, "lr": lr,
+                   "epoch_s": time.perf_counter() - t0, throughput: seen / train_s,
                    "diverged": diverged}
         if diverged:
             report(metrics, None)
@@ -235,7 +228,7 @@ def train(cfg: TrialConfig, report: Report, resume: Checkpoint | None = None,
                           parallel.optimizer_state(opt)),
             "scheduler": schedule.state_dict(),
             "rng": rng,
-            "model_spec": model_spec(cfg, ds),
+            "model_spec": model_spec(cfg, task),
             "metrics": dict(metrics),
         }
         report(metrics, checkpoint)

@@ -15,7 +15,6 @@ whose items are `(image, label)` with the image a uint8 (C, H, W) tensor or a PI
 from __future__ import annotations
 
 import hashlib
-import importlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from search.config import ConfigError, DataConfig
+from search.config import ConfigError, DataConfig, import_attribute
 
 CACHE_PREFIX = ".adamsearch-"
 
@@ -146,12 +145,7 @@ def image_folder(cfg: DataConfig, check: Callable[[int], object] | None = None
 def from_function(cfg: DataConfig) -> tuple[Tensor, Tensor, int]:
     """Images, labels and the number of classes from `package.module:function`."""
     name = cfg.dataset
-    module_name, _, attr = name.partition(":")
-    try:
-        function = getattr(importlib.import_module(module_name), attr)
-    except Exception as e:  # noqa: BLE001  the user's module: any failure is theirs to see
-        raise ConfigError(f"data.dataset {name!r}: cannot import it: "
-                          f"{type(e).__name__}: {e}") from None
+    function = import_attribute(name, "data.dataset")
     try:
         out = function(**cfg.kwargs)
     except Exception as e:  # noqa: BLE001

@@ -3,7 +3,7 @@
 With `TuneConfig(reuse_actors=True)` one worker process runs trial after trial, so the
 imports, the dataset and the device context are paid once per process, not once per trial.
 Kept: the loaded dataset, already on the trial's device, keyed by its config (a few MB for
-digits or CIFAR-10; two configs at most). Dropped after every trial (`release`): the
+digits or CIFAR-10; two configs at most), and likewise a `train.task` of the user's, built. Dropped after every trial (`release`): the
 trial's objects (model, optimizer state, gradients), torch.compile's caches (compiled
 graphs hold on to memory and would serve a later trial's different model), and the CUDA
 caching allocator's blocks. A trial seeds every generator it uses (`search.trial.trainer`), so no
@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import json
 import logging
 import math
 import sys
@@ -25,12 +26,15 @@ from collections import OrderedDict
 
 import torch
 
-from search.config import DataConfig
+from search.config import DataConfig, TrialConfig
 from search.trial import data
+from search.trial import task as task_
+from search.trial.image_task import ImageClassification
 
 PRELOAD_ENV = "ADAMSEARCH_PRELOAD_DATA"  # a DataConfig as JSON, set by the driver
 _CACHE_SIZE = 2  # datasets kept per process and device (a search uses one)
 _datasets: OrderedDict[tuple[str, str], data.Dataset] = OrderedDict()  # (config, device)
+_tasks: OrderedDict[tuple[str, str, str], task_.Task] = OrderedDict()  # (task, kwargs, device)
 
 
 def dataset(cfg: DataConfig, device: torch.device) -> data.Dataset:
@@ -45,6 +49,22 @@ def dataset(cfg: DataConfig, device: torch.device) -> data.Dataset:
     while len(_datasets) > _CACHE_SIZE:
         _datasets.popitem(last=False)
     return _datasets[key]
+
+
+def task(cfg: TrialConfig, device: torch.device) -> task_.Task:
+    """The config's task on `device`: image classification over the dataset kept here, or
+    the user's `train.task`, built once per process and kept (the newest two) for the next
+    trials with the same task and arguments: a task holds its data, not a trial's state."""
+    if cfg.train.task is None:
+        return ImageClassification(cfg, device, dataset(cfg.data, device))
+    key = (cfg.train.task, json.dumps(cfg.train.task_kwargs, sort_keys=True, default=str),
+           str(device))
+    if key not in _tasks:
+        _tasks[key] = task_.build(cfg, device)
+    _tasks.move_to_end(key)
+    while len(_tasks) > _CACHE_SIZE:
+        _tasks.popitem(last=False)
+    return _tasks[key]
 
 
 def use_assigned_cpus(cpus: float) -> None:

@@ -37,6 +37,7 @@ from search.trial.trainable import (
     error_result,
     load_checkpoint,
     report_checkpoint,
+    with_metric,
 )
 from search.trial.trainer import pick_device, train
 
@@ -69,8 +70,10 @@ class ReportToTune(TuneReportCallback):
 class RankReporter:
     """Each epoch's metrics to Ray Train from every rank; rank 0 writes the checkpoint."""
 
-    def __init__(self, policy: CheckpointPolicy, rank: int, extra: dict[str, Any]) -> None:
+    def __init__(self, policy: CheckpointPolicy, rank: int, extra: dict[str, Any],
+                 metric: str = "val_acc") -> None:
         self.policy = policy
+        self.metric = metric
         self.rank = rank
         self.extra = extra
         self.last_epoch = 0
@@ -81,7 +84,7 @@ class RankReporter:
 
     def __call__(self, metrics: dict[str, Any], checkpoint: dict[str, Any] | None) -> None:
         self.last_epoch = metrics["epoch"]
-        metrics = {**metrics, **self.extra}
+        metrics = {**with_metric(metrics, self.metric), **self.extra}
         if checkpoint is None or self.rank != 0:
             ray.train.report(metrics)
             return
@@ -107,22 +110,23 @@ def worker_loop(config: dict[str, Any]) -> None:
     group = ray.util.get_current_placement_group()
     report = RankReporter(policy, dist.get_rank(), {
         "node_id": nodes[0], "workers": len(nodes), "worker_nodes": len(set(nodes)),
-        PLACEMENT_GROUP: group.id.hex() if group else ""})
+        PLACEMENT_GROUP: group.id.hex() if group else ""}, config["metric"])
     checkpoint = ray.train.get_checkpoint()
     resume = load_checkpoint(checkpoint) if checkpoint else None
     try:
-        train(cfg, report, resume=resume, dataset=warm.dataset(cfg.data, device),
+        train(cfg, report, resume=resume, task=warm.task(cfg, device),
               parallel=Ranks(device, cfg.optimizer.shard_state, report.due))
     except DETERMINISTIC as e:
         # Every rank meets the same bad input; retrying would meet it again.
-        ray.train.report(error_result(report.last_epoch, e))
+        ray.train.report(error_result(report.last_epoch, e, config["metric"]))
     finally:
         warm.release(compiled=cfg.train.compile or bool(cfg.optimizer.fused))
 
 
 def torch_trainer(cfg: TrialConfig, *, workers: int, worker: dict[str, float], storage: str,
                   name: str, rungs: tuple[int, ...] = (), checkpoint_period_s: float | None = None,
-                  max_failures: int = 0, callbacks: list = ()) -> TorchTrainer:
+                  max_failures: int = 0, callbacks: list = (),
+                  metric: str = "val_acc") -> TorchTrainer:
     """The Ray Train run of one configuration: `workers` workers with `worker` resources
     each ({"CPU": .., "GPU": ..}), kept as `storage/name` (a rerun with the same name
     continues from its latest checkpoint)."""
@@ -131,7 +135,8 @@ def torch_trainer(cfg: TrialConfig, *, workers: int, worker: dict[str, float], s
         worker_loop,
         train_loop_config={"trial": cfg.model_dump(mode="json"), "rungs": list(rungs),
                            "checkpoint_period_s": checkpoint_period_s,
-                           "cpus_per_worker": worker["CPU"], "use_gpu": use_gpu},
+                           "cpus_per_worker": worker["CPU"], "use_gpu": use_gpu,
+                           "metric": metric},
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers, use_gpu=use_gpu,
             resources_per_worker={k: v for k, v in worker.items() if v}),
@@ -147,16 +152,17 @@ def torch_trainer(cfg: TrialConfig, *, workers: int, worker: dict[str, float], s
 
 def run_trial(params: dict[str, Any], base: TrialConfig, rungs: tuple[int, ...] = (),
               checkpoint_period_s: float | None = None, *, workers: int,
-              worker: dict[str, float], storage: str, max_failures: int) -> None:
+              worker: dict[str, float], storage: str, max_failures: int,
+              metric: str = "val_acc") -> None:
     """Tune's trial: train the sample on `workers` Ray Train workers, each with `worker`
     resources, the Train run kept under `storage` (the search's folder or URI)."""
     trainer = torch_trainer(
         trial_config(base, params), workers=workers, worker=worker, storage=storage,
         name=f"train_{tune.get_context().get_trial_id()}", rungs=rungs,
         checkpoint_period_s=checkpoint_period_s, max_failures=max_failures,
-        callbacks=[ReportToTune(storage)])
+        callbacks=[ReportToTune(storage)], metric=metric)
     try:
         trainer.fit()
     except ray.train.TrainingFailedError as e:
         # Ray Train has spent the trial's retries: the trial failed, with the reason.
-        tune.report(error_result(0, e))
+        tune.report(error_result(0, e, metric))
