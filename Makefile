@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo example test lint install clean
+.PHONY: demo example regression charlm test lint install clean
 
 # Re-install only when the project's declared dependencies change.
 $(STAMP): pyproject.toml
@@ -24,6 +24,14 @@ demo: $(STAMP)
 example: $(STAMP)
 	$(BIN)/python conf/own_model/make_image_folder.py data/digits-png
 	$(BIN)/python -m search.run conf/own_model/search.yaml
+
+# Search your own training task: regression on scikit-learn's bundled diabetes data
+# (conf/regression/), a character-level language model on text in the repository (conf/charlm/).
+regression: $(STAMP)
+	$(BIN)/python -m search.run conf/regression/search.yaml
+
+charlm: $(STAMP)
+	$(BIN)/python -m search.run conf/charlm/search.yaml
 
 # pytest exits 5 when it collects no tests; that is not a failure of the code.
 test: $(STAMP)

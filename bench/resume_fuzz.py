@@ -101,13 +101,14 @@ class Server:
             self.proc.wait()
 
 
-def reached(point: str, exp_dir: Path, server: Server, name: str) -> bool:
+def reached(point: str, exp_dir: Path, server: Server, name: str,
+            metric: str = "val_acc") -> bool:
     if point == "start":
         return (exp_dir / "tuner.pkl").exists()
     if point.startswith("epochs:"):
         return server.count(
             "select count(*) from metrics m join runs r on r.run_uuid = m.run_uuid "
-            "where m.key = 'val_acc' and r.lifecycle_stage = 'active' and r.experiment_id = "
+            f"where m.key = '{metric}' and r.lifecycle_stage = 'active' and r.experiment_id = "
             f"(select experiment_id from experiments where name = '{name}')"
         ) >= int(point.split(":")[1])
     if point == "end":
@@ -140,17 +141,17 @@ def image_folder(cwd: Path) -> Path:
 
 def kill_and_resume(cwd: Path, server: Server, seed: int, point: str,
                     timeout_s: float = 300, images: bool = False,
-                    config: str = CONFIG) -> tuple[str, str]:
+                    config: str = CONFIG, metric: str = "val_acc") -> tuple[str, str]:
     """One kill point: (what happened, the resumed driver's output). 'killed' or
     'ended first' (the search finished before the point was reached). `config` is the
-    search's YAML with SEED and DATA to fill in."""
+    search's YAML with SEED and DATA to fill in; `metric`, what `epochs:K` counts."""
     name = f"s{seed}-{point.replace(':', '')}"
     data = IMAGES.replace("ROOT", str(image_folder(cwd))) if images else DIGITS
     (cwd / "conf.yaml").write_text(config.replace("SEED", str(seed)).replace("DATA", data))
     exp_dir = cwd / "runs" / name
     driver = search(cwd, name, server, resume=False)
     deadline = time.monotonic() + timeout_s
-    while not reached(point, exp_dir, server, name):
+    while not reached(point, exp_dir, server, name, metric):
         if driver.poll() is not None:
             return "ended first", (cwd / f"{name}.log").read_text()
         if time.monotonic() > deadline:
@@ -196,9 +197,10 @@ def expected_outcome(record: dict, epochs: int = EPOCHS) -> str:
     return "completed" if last.get("epoch", 0) >= epochs else "pruned"
 
 
-def check(cwd: Path, server: Server, name: str, epochs: int = EPOCHS) -> list[str]:
+def check(cwd: Path, server: Server, name: str, epochs: int = EPOCHS,
+          metric: str = "val_acc") -> list[str]:
     """What differs between MLflow and Ray's record of search `name` (of `epochs` epochs a
-    trial); [] when they agree."""
+    trial, reporting `metric`); [] when they agree."""
     from mlflow.tracking import MlflowClient
 
     problems = []
@@ -223,7 +225,7 @@ def check(cwd: Path, server: Server, name: str, epochs: int = EPOCHS) -> list[st
         run, ray = mine[0], record[trial_id]
         if ray["status"] not in ("TERMINATED", "ERROR"):
             problems.append(f"{trial_id}: Ray left it {ray['status']}")
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, metric)]
         if len(steps) != len(set(steps)):
             problems.append(f"{trial_id}: an epoch logged twice: {sorted(steps)}")
         if set(steps) != ray["epochs"]:

@@ -54,7 +54,7 @@ def check(cfg: TrialConfig) -> None:
             raise ConfigError(f"{field}: model {cfg.model.name!r}: {problem}")
 
 
-def check_metric(metric: str, reported: tuple[str, ...], who: str) -> None:
+def check_metric(metric: str, reported: tuple[str, ...] = METRICS, who: str = "trials") -> None:
     """Refuse a `search.metric` the trials do not report as a number every epoch: Ray would
     stop the search at the first result without it. `who` reports `reported`."""
     if metric not in reported:

@@ -174,11 +174,12 @@ def _multiple(span: float, step: float) -> bool:
 
 MAX_COMBINATIONS = 1024  # of the optimizer's searched choices, checked together
 SECTIONS = ("data", "model", "optimizer", "train")  # a trial's own config
-DICT_FIELDS = ("data.kwargs", "model.kwargs")  # the user's own arguments: any key
+DICT_FIELDS = ("data.kwargs", "model.kwargs", "train.task_kwargs")  # the user's: any key
 # Fields a space may not search, and why: each would make trials incomparable or change
 # what the search itself is.
 NOT_SEARCHED = {
     "train.epochs": "it is every trial's budget (ASHA's max_t); set train.epochs instead",
+    "train.task": "it is what the trials learn, so trials of different tasks would not compare",
     **{f"data.{f}": "it changes the validation data, so the trials would not compare"
        for f in ("dataset", "root", "download", "val_fraction", "split_seed",
                  "synthetic_samples", "synthetic_shape", "synthetic_classes", "channels")},
