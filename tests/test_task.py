@@ -8,7 +8,6 @@ import copy
 import math
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch

@@ -35,7 +35,8 @@ def quantize(fp32: Path, calibration: np.ndarray, out: Path, name: str = INPUT) 
 
     pre = out.with_name(out.stem + "-pre.onnx")
     quant_pre_process(str(fp32), str(pre))
-    quantize_static(str(pre), str(out), _Calibration(calibration, name=name), quant_format=QuantFormat.QDQ,
+    quantize_static(str(pre), str(out), _Calibration(calibration, name=name),
+                    quant_format=QuantFormat.QDQ,
                     per_channel=True, activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8)
     pre.unlink()

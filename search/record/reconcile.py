@@ -103,8 +103,9 @@ def plan(restored: dict[str, Restored], logged: list[Logged]) -> Plan:
 def read_record(text: str, metrics: Callable[[dict], dict[str, float]]
                 ) -> tuple[dict[int, dict[str, float]], dict[int, int], str | None]:
     """A trial's epochs as Ray's `result.json` (one JSON result a line) holds them: per
-    epoch the tracked metrics (`metrics(result)` picks them) and the time, first report of an epoch first (a replay
-    repeats it), and the node it last ran on. A line being written (cut short) is skipped."""
+    epoch the tracked metrics (`metrics(result)` picks them) and the time, first report of
+    an epoch first (a replay repeats it), and the node it last ran on. A line being written
+    (cut short) is skipped."""
     epochs: dict[int, dict[str, float]] = {}
     times: dict[int, int] = {}
     node = None

@@ -3,11 +3,11 @@
 With `TuneConfig(reuse_actors=True)` one worker process runs trial after trial, so the
 imports, the dataset and the device context are paid once per process, not once per trial.
 Kept: the loaded dataset, already on the trial's device, keyed by its config (a few MB for
-digits or CIFAR-10; two configs at most), and likewise a `train.task` of the user's, built. Dropped after every trial (`release`): the
-trial's objects (model, optimizer state, gradients), torch.compile's caches (compiled
-graphs hold on to memory and would serve a later trial's different model), and the CUDA
-caching allocator's blocks. A trial seeds every generator it uses (`search.trial.trainer`), so no
-random state carries over either.
+digits or CIFAR-10; two configs at most), and likewise a `train.task` of the user's, built.
+Dropped after every trial (`release`): the trial's objects (model, optimizer state,
+gradients), torch.compile's caches (compiled graphs hold on to memory and would serve a
+later trial's different model), and the CUDA caching allocator's blocks. A trial seeds
+every generator it uses (`search.trial.trainer`), so no random state carries over either.
 
 `search.trial.trainable.preload`, Ray's `worker_process_setup_hook`, fills what is kept here
 when a worker process starts, before any trial is placed on it.
