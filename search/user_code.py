@@ -3,10 +3,10 @@ is shipped to the workers.
 
 A plug-in (a model, a data function, a training task) is named by an import path
 `package.module:attribute`. The driver imports it from the config file's folder (so a
-module beside the YAML needs no installing), from the folders in `code`, or from installed packages. What is not installed (the user's folders,
-and `ray.py_modules`) reaches every worker through Ray's runtime_env `py_modules`, and its
-folders are recorded in the config's `code`, so `best.yaml` retrains with
-`python -m search.train` as it is.
+module beside the YAML needs no installing), from the folders in `code`, or from installed
+packages. What is not installed (the user's folders, and `ray.py_modules`) reaches every
+worker through Ray's runtime_env `py_modules`, and its folders are recorded in the config's
+`code`, so `best.yaml` retrains with `python -m search.train` as it is.
 """
 
 from __future__ import annotations
