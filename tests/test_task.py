@@ -296,3 +296,71 @@ def test_the_command_refuses_a_bad_task_in_one_line_before_ray(tmp_path):
     assert len(lines) == 1 and "loss has no gradient" in lines[0], r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "runs").exists()
     assert not (tmp_path / "mlflow.db").exists()
+
+
+# ---------------------------------------------------------------- image classification
+
+
+def loop_before_tasks(cfg: TrialConfig) -> list[dict]:
+    """The trainer's single-process loop as it was before tasks (commit d2b28e6), written
+    out: image classification hard-wired. The per-epoch numbers it gives are the ones image
+    searches gave before; the task-based trainer must give them bitwise."""
+    import models
+    from search.trial import data
+    from search.trial.trainer import build_optimizer, build_schedule
+
+    torch.manual_seed(cfg.train.seed)
+    ds = data.load(cfg.data)
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+    loader = data.DeviceLoader(ds.train, cfg.train.batch_size, ds.mean, ds.std, train=True,
+                               generator=generator, crop_padding=cfg.data.crop_padding,
+                               flip=cfg.data.flip)
+    val_loader = data.DeviceLoader(ds.val, 1024, ds.mean, ds.std, train=False)
+    model = models.build(cfg.model.name, ds.num_classes, ds.in_channels, ds.image_size,
+                         **cfg.model.kwargs)
+    opt = build_optimizer(cfg, model.parameters())
+    schedule = build_schedule(cfg, opt, len(loader))
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+    out = []
+    for epoch in range(1, cfg.train.epochs + 1):
+        model.train()
+        lr = schedule.get_last_lr()[0]
+        loss_sum, seen = torch.zeros(()), 0
+        for xb, yb in loader:
+            loss = loss_fn(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.train.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            opt.step()
+            schedule.step()
+            loss_sum += loss.detach() * len(yb)
+            seen += len(yb)
+        model.eval()
+        val_sum, correct, count = 0.0, 0, 0
+        with torch.no_grad():
+            for xb, yb in val_loader:
+                logits = model(xb)
+                val_sum += torch.nn.functional.cross_entropy(logits.float(), yb,
+                                                             reduction="sum").item()
+                correct += (logits.argmax(1) == yb).sum().item()
+                count += len(yb)
+        out.append({"epoch": epoch, "train_loss": float(loss_sum / seen),
+                    "val_loss": val_sum / count, "val_acc": correct / count, "lr": lr,
+                    "diverged": False})
+    return out
+
+
+@pytest.mark.parametrize("raw", [
+    {"model": {"name": "cnn"}, "data": {"crop_padding": 1, "flip": True},
+     "train": {"epochs": 3, "batch_size": 64, "schedule": "onecycle", "label_smoothing": 0.1,
+               "grad_clip": 1.0}},
+    {"model": {"name": "mlp"}, "optimizer": {"state_dtype": "int8"},
+     "train": {"epochs": 3, "batch_size": 128, "schedule": "cosine"}},
+])
+def test_a_seeded_digits_trial_keeps_its_exact_numbers(raw):
+    cfg = TrialConfig.model_validate({**raw, "train": {**raw["train"], "device": "cpu"}})
+    now = []
+    train(cfg, lambda m, c: now.append({k: v for k, v in m.items()
+                                        if k not in ("epoch_s", "images_per_s")}))
+    assert now == loop_before_tasks(cfg)  # bitwise: every float equal
