@@ -19,7 +19,7 @@ from search.cli import run_main
 from search.config import DeployConfig, Section
 from search.deploy import champion as champion_
 from search.deploy import latency
-from search.record.store import CHAMPION, mlflow_settings, redact
+from search.record.store import mlflow_settings, redact
 
 BATCH = 64  # the large batch of the throughput figures
 
@@ -95,21 +95,14 @@ def register_formats(champ: champion_.Champion, made: dict[str, Made], timings, 
     versions = {}
     for fmt, m in made.items():
         t = by_name[fmt]
-        name = champ.registered_name + registry.SUFFIX[fmt]
-        tags = {"source_model": f"{champ.registered_name}/{champ.version}",
-                "source_trial": str(champ.trial_id), "source_run": champ.run_id,
-                "val_acc_pytorch": f"{eager_acc:.6f}", f"val_acc_{fmt}": f"{m.val_acc:.6f}",
-                "p50_ms_batch1": f"{t.p50_ms:.4f}", "p95_ms_batch1": f"{t.p95_ms:.4f}",
-                f"images_per_s_batch{BATCH}": f"{t.images_per_s:.1f}",
-                "threads": str(cfg.threads)}
+        scores = {"val_acc_pytorch": f"{eager_acc:.6f}", f"val_acc_{fmt}": f"{m.val_acc:.6f}"}
         description = (f"{fmt} export of {champ.registered_name} version {champ.version} "
                        f"(trial {champ.trial_id}): val_acc {m.val_acc:.4f}, p50 {t.p50_ms:.3f} "
                        f"ms at batch 1 on {cfg.threads} threads. Input: float32 images "
                        f"(N, C, H, W) scaled to [0, 1]; output: logits.")
-        versions[fmt] = registry.register(m.path, name, champ.run_id, champ.tracking_uri,
-                                          val_x[:2], m.logits[:2], tags, description)
-        print(f"registered {name} version {versions[fmt]} as @{CHAMPION}: "
-              f"models:/{name}@{CHAMPION}")
+        versions[fmt] = registry.register_format(champ, fmt, m.path, t, scores, val_x[:2],
+                                                 m.logits[:2], description, cfg.threads,
+                                                 BATCH, "images")
     return versions
 
 
@@ -151,10 +144,7 @@ def deploy(args: argparse.Namespace) -> dict:
     runners = latency.runners(model, {f: m.session for f, m in made.items()}, cfg.compile)
     timings = latency.measure(runners, val_x[:1], val_x[np.arange(BATCH) % len(val_x)],
                               cfg.rounds)
-    lines = latency.table(timings, BATCH)
-    print(f"latency, {cfg.threads} threads, interleaved, {cfg.rounds} calls at batch 1:")
-    for line in lines:
-        print("  " + line)
+    lines = latency.shown(timings, BATCH, cfg.threads, cfg.rounds)
     versions = register_formats(champ, made, timings, val_x, eager_acc, cfg)
     report = {"champion": f"models:/{champ.registered_name}/{champ.version}",
               "val_acc": {"pytorch": eager_acc, **{f: m.val_acc for f, m in made.items()}},

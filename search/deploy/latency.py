@@ -82,6 +82,16 @@ def measure(runners: dict[str, Runner], one: np.ndarray, many: np.ndarray, round
                    len(many) / float(np.median(large[name]))) for name in runners]
 
 
+def shown(timings: list[Timing], batch: int, threads: int, rounds: int,
+          unit: str = "img") -> list[str]:
+    """`table`'s lines, printed under a heading that says how they were measured."""
+    lines = table(timings, batch, unit)
+    print(f"latency, {threads} threads, interleaved, {rounds} calls at batch 1:")
+    for line in lines:
+        print("  " + line)
+    return lines
+
+
 def table(timings: list[Timing], batch: int, unit: str = "img") -> list[str]:
     """The timings as text lines, with ratios to the first runner (the reference)."""
     ref = timings[0]

@@ -151,7 +151,6 @@ def make_formats(champ: champion_.Champion, task: task_.Task, model: nn.Module,
 def deploy(champ: champion_.Champion, cfg: DeployConfig, out: Path, batch: int) -> dict:
     """The task champion's deploy: ONNX (and int8) checked, timed, registered."""
     from search.deploy import registry
-    from search.record.store import CHAMPION
 
     model = champ.model()  # imports the user's code from where the search found it
     task = task_.build(champ.trial, torch.device("cpu"))
@@ -160,24 +159,15 @@ def deploy(champ: champion_.Champion, cfg: DeployConfig, out: Path, batch: int) 
     runners = latency.runners(model, {f: c.session for f, c in made.items()}, cfg.compile)
     timings = latency.measure(runners, inputs[:1], inputs[np.arange(batch) % len(inputs)],
                               cfg.rounds)
-    lines = latency.table(timings, batch, unit="samples")
-    print(f"latency, {cfg.threads} threads, interleaved, {cfg.rounds} calls at batch 1:")
-    for line in lines:
-        print("  " + line)
+    lines = latency.shown(timings, batch, cfg.threads, cfg.rounds, unit="samples")
     by_name = {t.name: t for t in timings}
     example = task.example_input().detach().cpu().numpy()
     versions = {}
     for fmt, c in made.items():
         t = by_name[fmt]
-        name = champ.registered_name + registry.SUFFIX[fmt]
-        tags = {"source_model": f"{champ.registered_name}/{champ.version}",
-                "source_trial": str(champ.trial_id), "source_run": champ.run_id,
-                "task": champ.trial.train.task, "max_abs_diff": f"{c.max_abs_diff:.3e}",
-                **{f"{k}_pytorch": f"{v:.6f}" for k, v in eager.items()},
-                **{f"{k}_{fmt}": f"{v:.6f}" for k, v in c.metrics.items()},
-                "p50_ms_batch1": f"{t.p50_ms:.4f}", "p95_ms_batch1": f"{t.p95_ms:.4f}",
-                f"samples_per_s_batch{batch}": f"{t.images_per_s:.1f}",
-                "threads": str(cfg.threads)}
+        scores = {"task": champ.trial.train.task, "max_abs_diff": f"{c.max_abs_diff:.3e}",
+                  **{f"{k}_pytorch": f"{v:.6f}" for k, v in eager.items()},
+                  **{f"{k}_{fmt}": f"{v:.6f}" for k, v in c.metrics.items()}}
         description = (f"{fmt} export of {champ.registered_name} version {champ.version} "
                        f"(trial {champ.trial_id}), task {champ.trial.train.task}: "
                        + ", ".join(f"{k} {v:.4f}" for k, v in c.metrics.items())
@@ -185,10 +175,9 @@ def deploy(champ: champion_.Champion, cfg: DeployConfig, out: Path, batch: int) 
                        f"Input '{NAMES[0]}' {example.dtype} {list(example.shape[1:])} per "
                        f"sample, as the task's example_input(); output '{NAMES[1]}'.")
         outputs = OnnxModule(c.session)(torch.from_numpy(example)).numpy()
-        versions[fmt] = registry.register(c.path, name, champ.run_id, champ.tracking_uri,
-                                          example, outputs, tags, description)
-        print(f"registered {name} version {versions[fmt]} as @{CHAMPION}: "
-              f"models:/{name}@{CHAMPION}")
+        versions[fmt] = registry.register_format(champ, fmt, c.path, t, scores, example,
+                                                 outputs, description, cfg.threads, batch,
+                                                 "samples")
     return {"champion": f"models:/{champ.registered_name}/{champ.version}",
             "metrics": {"pytorch": eager, **{f: c.metrics for f, c in made.items()}},
             "max_abs_diff": {f: c.max_abs_diff for f, c in made.items()},
