@@ -256,6 +256,12 @@ class SearchSection(Section):
     optuna_storage: str | None = None
     # Adam's textbook defaults make a good first point.
     # Keys as in space: short Adam names or dotted paths.
+    # When the search stops besides num_samples (search/lifecycle.py): after this many wall
+    # seconds of a run of the command; once a trial that ran every epoch reaches `goal` in
+    # `metric`; once `patience_trials` trials in a row did not improve the best.
+    time_budget_s: float | None = Field(None, gt=0)
+    goal: float | None = Field(None, allow_inf_nan=False)
+    patience_trials: int | None = Field(None, ge=1)
     points_to_evaluate: list[dict[str, Any]] = [
         {"lr": 1e-3, "beta1": 0.9, "one_minus_beta2": 1e-3, "eps": 1e-8}
     ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -21,7 +22,7 @@ import yaml
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 
-from search import cluster, full_disk, optuna_search, preflight, strategy, user_code
+from search import cluster, full_disk, lifecycle, optuna_search, preflight, strategy, user_code
 from search import config as config_
 from search.asha import RungState, rung_epochs
 from search.cli import run_main
@@ -103,10 +104,12 @@ def resolve(args: argparse.Namespace) -> tuple[SearchConfig, str, str]:
             raise ConfigError(f"--resume: no search to resume at {path}")
         if local:  # the interrupted search's own config, so trials stay comparable
             saved = Path(path, SAVED_CONFIG)
-            # Where the study lives may be given again too: its password is not stored.
-            secret = [o for o in what if o.startswith("search.optuna_storage=")]
+            # Where the study lives may be given again too: its password is not stored. And
+            # this run's rules: more trials, a new budget, goal or patience.
+            again = [o for o in what if o.startswith("search.optuna_storage=")
+                     or o.partition("=")[0] in lifecycle.RULES]
             cfg = config_.validate(SearchConfig, config_.apply_overrides(
-                config_.read_yaml(saved), where + secret), path)
+                config_.read_yaml(saved), where + again), path)
             if REDACTED in (cfg.mlflow.tracking_uri or ""):
                 raise ConfigError("--resume: the tracking URI's credentials are not stored; "
                                   "pass --tracking-uri again")
@@ -223,11 +226,14 @@ def build_tuner(cfg: SearchConfig, storage: str, name: str, tracking: TrackingCa
         study_name=name,
     )
     scheduler = strategy.scheduler(cfg.scheduler, cfg.train.epochs)
+    search_alg = lifecycle.generator(searcher, min(s.max_concurrent,
+                                                   max_concurrent or s.max_concurrent))
+    life = lifecycle.Lifecycle(lifecycle.Limits.of(s), s.metric, s.mode, cfg.train.epochs,
+                               search_alg)
     return tune.Tuner(
         trainable(cfg, f"{storage}/{name}", trial),
         tune_config=tune.TuneConfig(
-            search_alg=searcher, scheduler=scheduler, num_samples=s.num_samples,
-            max_concurrent_trials=min(s.max_concurrent, max_concurrent or s.max_concurrent),
+            search_alg=search_alg, scheduler=scheduler, num_samples=s.num_samples,
             metric=s.metric, mode=s.mode, trial_dirname_creator=trial_dirname,
             # One warm process runs trial after trial (search/trial/warm.py): no new process,
             # imports or dataset load per trial. Not for multi-worker trials: a trial that
@@ -236,6 +242,7 @@ def build_tuner(cfg: SearchConfig, storage: str, name: str, tracking: TrackingCa
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, verbose=1 if verbose else 0,
+            stop=life.stopper(),  # when the search stops besides num_samples, and why
             callbacks=[
                 full_disk.StopWhenFull(),  # first: before the others count a retry
                 JsonLoggerCallback(),  # each trial's result.json
@@ -245,6 +252,7 @@ def build_tuner(cfg: SearchConfig, storage: str, name: str, tracking: TrackingCa
                 # ASHA's rungs in Ray's experiment checkpoint, so --resume keeps them.
                 *([RungState(scheduler)] if cfg.scheduler.name == "asha" else []),
                 optuna_search.KnownTrials(searcher),  # the study's trials, as Ray's
+                life,
                 results.PreloadTheEnd(model_logging=bool(cfg.mlflow.register_as)),
                 # Multi-worker trials: their workers' placement groups freed as they end.
                 *([placement.ReleaseWorkers()] if cfg.resources.distributed else []),
@@ -285,6 +293,7 @@ class SearchResult:
     tracking_uri: str  # credentials removed
     champion_uri: str | None  # models:/NAME@champion, when registered
     unregistered: str | None = None  # why mlflow.register_as was not registered, if not
+    stop_reason: str = "num_samples"  # why it stopped: num_samples, time_budget, goal, patience
 
     @property
     def ok(self) -> bool:
@@ -392,6 +401,9 @@ def _fit(args, cfg: SearchConfig, storage: str, name: str, tracking: TrackingCal
         if "://" in (cfg.search.optuna_storage or ""):  # its password, for the unpickled study
             optuna_search.remember(cfg.search.optuna_storage)
         tuner = tune.Tuner.restore(path, trainable=trainable(cfg, path))
+        resumed_with(tuner, cfg)
+        if "://" not in storage:  # this run's rules, for the next --resume
+            Path(path, SAVED_CONFIG).write_text(yaml.safe_dump(public(cfg), sort_keys=False))
     else:  # a new search, or one killed before Ray saved any state: started (again)
         if "://" not in storage:  # first, so that a search killed from here on resumes
             Path(path).mkdir(parents=True, exist_ok=True)
@@ -400,6 +412,8 @@ def _fit(args, cfg: SearchConfig, storage: str, name: str, tracking: TrackingCal
     log.info("search %s: %d trials, results in %s, MLflow at %s", name,
              cfg.search.num_samples, path, redact(tracking_uri))
     grid = tuner.fit()
+    stop_reason, stopped = lifecycle.why(tuner)
+    tracker.tag_search({"stop_reason": stop_reason, "stopped": stopped})
 
     end_by = time.monotonic() + DRAIN_S  # all of the end's waits for MLflow together
 
@@ -407,7 +421,8 @@ def _fit(args, cfg: SearchConfig, storage: str, name: str, tracking: TrackingCal
         return max(0.0, end_by - time.monotonic())
 
     rows = results.summarize(grid, cfg)
-    best = next((r for r in rows if r.outcome in ("completed", "pruned")), None)
+    best = next((r for r in rows if r.outcome in ("completed", "pruned")
+                 and math.isfinite(r.value)), None)
     best_yaml, champion, crowned, why, unregistered = None, None, False, "", None
     failed = sum(r.outcome == "failed" for r in rows)
     folder = local_folder(storage, name)
@@ -430,13 +445,13 @@ def _fit(args, cfg: SearchConfig, storage: str, name: str, tracking: TrackingCal
                        status="FAILED" if failed else "FINISHED",
                        description=results.search_description(
                            rows, cfg, best, champion, best_yaml, pictures.importance_line(),
-                           "" if crowned else why),
+                           "" if crowned else why, stopped),
                        importances=pictures.importances,
                        plots=str(folder / "plots") if pictures.paths else None)
     else:
         tracker.fail_search(failed)
     tracker.close(timeout_s=left())
-    results.print_summary(rows, cfg, best_yaml, tracking_uri, tracker.experiment_id,
+    results.print_summary(rows, cfg, best_yaml, tracking_uri, tracker.experiment_id, stopped,
                           pictures.importance_line(),
                           champion or (unregistered and f"{cfg.mlflow.register_as} not "
                                        "registered"), "" if crowned else why or unregistered)
@@ -448,7 +463,18 @@ def _fit(args, cfg: SearchConfig, storage: str, name: str, tracking: TrackingCal
                                          "params": best.params}),
         trials=results.table(rows, cfg.search.metric), parent_run_id=tracker.parent_run_id,
         tracking_uri=redact(tracking_uri), champion_uri=champion, unregistered=unregistered,
+        stop_reason=stop_reason,
     )
+
+
+def resumed_with(tuner: tune.Tuner, cfg: SearchConfig) -> None:
+    """Give a restored search this run's rules: its callbacks come back as pickled when the
+    search started (tuner.pkl)."""
+    for callback in lifecycle.callbacks(tuner):
+        if isinstance(callback, lifecycle.Lifecycle):
+            callback.resume_with(lifecycle.Limits.of(cfg.search))
+        elif isinstance(callback, Progress):
+            callback.num_samples = cfg.search.num_samples
 
 
 def _register(cfg: SearchConfig, tracker, best, best_yaml: Path

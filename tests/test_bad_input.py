@@ -92,6 +92,10 @@ CASES = [
     ("negative checkpoint period", GOOD + "search: {checkpoint_period_s: -1}\n", [],
      "search.checkpoint_period_s"),
     ("no trials at once", GOOD, ["--set", "search.max_concurrent=0"], "search.max_concurrent"),
+    # Issue 27: when a search stops.
+    ("no time budget", GOOD + "search: {time_budget_s: 0}\n", [], "search.time_budget_s"),
+    ("goal not a number", GOOD, ["--set", "search.goal=.nan"], "search.goal"),
+    ("no patience", GOOD, ["--set", "search.patience_trials=0"], "search.patience_trials"),
     # Issue 22: a space over any field, refused before Ray starts.
     ("space path that does not exist", GOOD + "space: {train.bach_size: {choices: [32]}}\n",
      [], "space.train.bach_size: no such field of a trial's config; nearest: train.batch_size"),

@@ -123,3 +123,23 @@ def test_rays_copy_into_storage_is_the_function_full_disk_wraps():
     # Ray's checkpoint persist and its experiment sync look the name up when they run:
     source = inspect.getsource(ray_storage)
     assert source.count(f"{full_disk.RAY_COPY}(") >= 3
+
+
+def test_a_tuner_and_rays_search_generator_keep_what_lifecycle_reads(tmp_path):
+    from ray import tune
+    from ray.tune.search import SearchGenerator
+
+    reader = ("search/lifecycle.py (a resumed search's callbacks, and its generator's count "
+              "and finished flag, given this run's rules)")
+    tuner = tune.Tuner(lambda config: None, run_config=tune.RunConfig(
+        storage_path=str(tmp_path), callbacks=[tune.Callback()]))
+    local = needs(tuner, "_local_tuner", reader)
+    assert len(local.get_run_config().callbacks) == 1
+    from search.config import SpaceConfig
+
+    gen = SearchGenerator(OptunaSearch(space=DefineByRun(SpaceConfig()), metric="val_acc",
+                                       mode="max"))
+    assert needs(gen, "_total_samples", reader) == 0
+    assert needs(gen, "_finished", reader) is False
+    gen._total_samples, gen._finished = 5, False
+    assert not gen.is_finished()

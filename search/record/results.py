@@ -65,7 +65,8 @@ def summarize(grid: ResultGrid, cfg: SearchConfig) -> list[TrialSummary]:
         ok = math.isfinite(t.value) and rank[t.outcome] < 2
         second = (t.result.metrics or {}).get(tie[0], math.nan) if tie else math.nan
         second = tie[1] * second if ok and math.isfinite(second) else math.inf
-        return (rank[t.outcome], sign * t.value if ok else 0.0, second)
+        # A trial with no value (stopped before its first epoch) last among its outcome.
+        return (rank[t.outcome], sign * t.value if ok else math.inf, second)
 
     return sorted(rows, key=key)  # stable: a full tie keeps the order trials started in
 
@@ -175,7 +176,8 @@ def register_champion(tracker: Tracker, best: TrialSummary, name: str,
                       trial: TrialConfig, description: str = "") -> int:
     """Log the best checkpoint as an MLflow PyTorch model under the best trial's run and
     register it as `name`; the new version's alias (champion or challenger) is
-    search/record/promotion.py's to set. The weights, `trial` (the winner's config) and
+    search/record/promotion.py's to set; a trial is registered once (a resumed search whose
+    best trial has a version gets that version). The weights, `trial` (the winner's config) and
     the model spec go beside it (CHAMPION_CHECKPOINT). The version is made only once all
     of them are stored: an upload that fails (a full artifact store) raises, and leaves no
     version pointing at half a model."""
@@ -186,14 +188,18 @@ def register_champion(tracker: Tracker, best: TrialSummary, name: str,
     from search.trial.trainable import load_checkpoint, result_checkpoint
     from search.trial.trainer import deployable
 
+    client = tracker.client
+    run_id = tracker.children[best.trial_id]
+    # A resumed or extended search whose best trial was registered already: that version.
+    known = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if known:
+        return min(int(v.version) for v in known)
     state = load_checkpoint(result_checkpoint(best.result))
     spec = state["model_spec"]
     model = deployable(state)
     # The signature's example: a task's own `example_input()`, else two images in [0, 1].
     example = (spec["example"] if "task" in spec else
                torch.rand(2, spec["in_channels"], spec["image_size"], spec["image_size"]))
-    client = tracker.client
-    run_id = tracker.children[best.trial_id]
     # mlflow.pytorch.log_model writes through the global tracking URI: point it at the
     # search's store for the call, and give the caller's back (run_search runs in the
     # user's process, where another store may be in use).
@@ -307,7 +313,7 @@ def _markdown_table(rows: list[TrialSummary], metric: str, limit: int = 10,
 
 def search_description(rows: list[TrialSummary], cfg: SearchConfig, best: TrialSummary,
                        champion: str | None, best_yaml: Path,
-                       importance: str, kept: str = "") -> str:
+                       importance: str, kept: str = "", stopped: str = "") -> str:
     """The parent run's Markdown description: what was searched, who won and why, how to
     retrain it, where the model is, and the top of the table."""
     second = second_metric(cfg)
@@ -315,7 +321,7 @@ def search_description(rows: list[TrialSummary], cfg: SearchConfig, best: TrialS
     lines = [
         f"**Search `{cfg.name}`**: {len(rows)} trials ({outcome_counts(rows)}), "
         f"{cfg.search.sampler} sampler, {cfg.scheduler.name} scheduler, "
-        f"{cfg.train.epochs} epochs at most.",
+        f"{cfg.train.epochs} epochs at most." + (f" Stopped: {stopped}." if stopped else ""),
         "",
         f"**Best**: trial `{best.trial_id}`, {cfg.search.metric} {best.value:.4f} "
         f"({second} {loss:.4f}) after {best.epochs} epochs: {sample_line(best.params)}",
@@ -347,12 +353,15 @@ def model_description(cfg: SearchConfig, best: TrialSummary, best_yaml: Path) ->
 
 
 def print_summary(rows: list[TrialSummary], cfg: SearchConfig, best_yaml: Path | None,
-                  tracking_uri: str, experiment_id: str = "",
+                  tracking_uri: str, experiment_id: str = "", stopped: str = "",
                   importance: str = "", model: str | None = None, kept: str = "") -> None:
     """The search's closing lines, to the `search` logger. `importance`: the importances
     and what they rest on, or why there are none (plots.Plots.importance_line); `model`:
-    the registered version's URI; `kept`: why it did not become the champion, if not."""
+    the registered version's URI; `kept`: why it did not become the champion, if not;
+    `stopped`: why the search stopped."""
     log.info("search %s: %d trials: %s", cfg.name, len(rows), outcome_counts(rows))
+    if stopped:
+        log.info("stopped: %s", stopped)
     log.info("top 5 by %s (%s):", cfg.search.metric, cfg.search.mode)
     for r in rows[:5]:
         log.info("  %s  %-9s epochs %3d  %s %.4f  %s", r.trial_id, r.outcome, r.epochs,

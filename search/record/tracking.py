@@ -280,6 +280,8 @@ class Tracker:
             if config_yaml:  # the whole config; the params say what was searched and how
                 self.submit(Artifact("config.yaml", lambda: client.log_text(
                     parent.info.run_id, config_yaml, "config.yaml")))
+        elif parent.info.status != "RUNNING":  # a resumed search runs again (extended)
+            client.update_run(parent.info.run_id, status="RUNNING")
         self.client, self.experiment_id = client, experiment_id
         self.parent_run_id = parent.info.run_id
         self.resumed = bool(found)
@@ -542,9 +544,13 @@ class Tracker:
     def fail_search(self, failed_trials: int | None = None, reason: str | None = None) -> None:
         """End the parent run as FAILED (no trial produced a model, or the driver failed:
         `reason`), never left RUNNING."""
-        tags = {**({"failed_trials": str(failed_trials)} if failed_trials is not None else {}),
-                **({"error": reason[:5000]} if reason else {})}
+        self.tag_search({**({"failed_trials": str(failed_trials)}
+                            if failed_trials is not None else {}),
+                         **({"error": reason[:5000]} if reason else {})})
+        self.submit(lambda: self.client.set_terminated(self.parent_run_id, "FAILED"))
 
+    def tag_search(self, tags: dict[str, str]) -> None:
+        """Tags on the parent run."""
         def tag() -> None:
             from mlflow.entities import RunTag
 
@@ -552,7 +558,6 @@ class Tracker:
                                   tags=[RunTag(k, v) for k, v in tags.items()])
 
         self.submit(tag)
-        self.submit(lambda: self.client.set_terminated(self.parent_run_id, "FAILED"))
 
     def rank_trials(self, ranked: list[str], champion: str | None) -> None:
         """Tag each trial's run with its rank (1 = best) and the champion's with `champion`."""
