@@ -167,6 +167,11 @@ def test_a_finished_search_extended_runs_more_trials_in_its_study_and_parent_run
     else:
         assert now.run_id != champion.run_id and len(versions) == 2
     assert best.data.tags.get("champion") == "true"
+    # The parent names the new best: params cannot change, so a changed one is a tag.
+    assert again.data.tags["best_trial_id"] == best.data.tags["trial_id"]
+    lr = again.data.tags.get("best.lr", again.data.params["best.lr"])
+    assert lr == best.data.params["lr"]
+    assert "MLflow write dropped" not in out
 
 
 def test_a_goal_stops_the_search_and_a_resume_does_not_undo_it(folder, capsys):

@@ -569,20 +569,26 @@ class Tracker:
                status: str = "FINISHED", description: str = "",
                importances: dict[str, dict[str, float]] | None = None,
                plots: str | None = None) -> None:
-        """The parent's closing record: best values, best.yaml, the top-k table, a Markdown
-        description, parameter importances (metrics) and the plots (a folder of PNGs)."""
+        """The parent's closing record: best values (`best.*` params; tags where a resumed
+        search's best changed), best.yaml, the top-k table, a Markdown description,
+        parameter importances (metrics) and the plots (a folder of PNGs)."""
         def end() -> None:
             from mlflow.entities import Metric, Param, RunTag
 
             run_id = self.parent_run_id
             now = int(time.time() * 1000)
-            params = [Param(f"best.{k}", fmt(v)) for k, v in best["params"].items()]
+            values = {f"best.{k}": fmt(v) for k, v in best["params"].items()}
+            # MLflow refuses to change a param (and drops the whole batch): a resumed search
+            # whose best changed (an extended one) gives the new values as tags.
+            logged = self.client.get_run(run_id).data.params if self.resumed else {}
+            params = [Param(k, v) for k, v in values.items() if logged.get(k) in (None, v)]
+            moved = [RunTag(k, v) for k, v in values.items() if logged.get(k) not in (None, v)]
             metrics = [Metric(f"best_{best['metric']}", float(best["value"]), now, 0)]
             metrics += [Metric(f"importance.{evaluator}.{name}", float(value), now, 0)
                         for evaluator, values in (importances or {}).items()
                         for name, value in values.items()]
             tags = [RunTag("best_trial_id", best["trial_id"]),
-                    RunTag("failed_trials", str(best["failed_trials"]))]
+                    RunTag("failed_trials", str(best["failed_trials"])), *moved]
             if description:
                 tags.append(RunTag(NOTE_TAG, description))
             self.client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
