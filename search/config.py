@@ -262,6 +262,13 @@ class SearchSection(Section):
     time_budget_s: float | None = Field(None, gt=0)
     goal: float | None = Field(None, allow_inf_nan=False)
     patience_trials: int | None = Field(None, ge=1)
+    # Earlier searches this one learns from: their folders (runs/NAME), same metric and
+    # mode (search/warm_start.py). Their K best completed configurations run first; with
+    # `warm_start_history` every finished trial of theirs that fits this space joins the
+    # study, for the sampler to model.
+    warm_start: list[str] = []
+    warm_start_top: int = Field(2, ge=0)
+    warm_start_history: bool = True
     points_to_evaluate: list[dict[str, Any]] = [
         {"lr": 1e-3, "beta1": 0.9, "one_minus_beta2": 1e-3, "eps": 1e-8}
     ]

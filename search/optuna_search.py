@@ -32,6 +32,7 @@ from search.record.store import REDACTED, redact
 log = logging.getLogger(__name__)
 
 RAY_TRIAL_ID = "ray_trial_id"  # the user attribute naming an Optuna trial's Ray trial
+WARM_ATTR = "warm_start"  # an earlier search's trial, imported (search/warm_start.py)
 JOURNAL = "optuna.journal"  # the default storage's file, in the search folder
 # A database server that does not answer is refused in seconds, not after the operating
 # system's TCP timeout (minutes); by SQLAlchemy backend name.
@@ -179,7 +180,11 @@ def remember(url: str) -> None:
 
 
 class OptunaSearch(RayOptunaSearch):
-    def __init__(self, *args: Any, max_epoch: int, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, max_epoch: int,
+                 history: list[optuna.trial.FrozenTrial] = (), **kwargs: Any) -> None:
+        # Earlier searches' trials (search/warm_start.py): set first, since Ray's __init__
+        # sets the study up when it is given the space.
+        self._history = list(history)
         super().__init__(*args, **kwargs)
         self._max_epoch = max_epoch
 
@@ -199,6 +204,10 @@ class OptunaSearch(RayOptunaSearch):
         super()._setup_study(mode)
         for trial_id in stale:
             self._storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+        history = self._history
+        if history and not any(WARM_ATTR in t.user_attrs
+                               for t in self._ot_study.get_trials(deepcopy=False)):
+            self._ot_study.add_trials(history)  # once: a search started again has them
 
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)

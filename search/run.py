@@ -22,7 +22,16 @@ import yaml
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 
-from search import cluster, full_disk, lifecycle, optuna_search, preflight, strategy, user_code
+from search import (
+    cluster,
+    full_disk,
+    lifecycle,
+    optuna_search,
+    preflight,
+    strategy,
+    user_code,
+    warm_start,
+)
 from search import config as config_
 from search.asha import RungState, rung_epochs
 from search.cli import run_main
@@ -211,17 +220,21 @@ def tracking_callback(cfg: SearchConfig, storage: str, name: str,
 
 def build_tuner(cfg: SearchConfig, storage: str, name: str, tracking: TrackingCallback,
                 verbose: bool = False, trial: Callable[..., None] = run_trial,
-                max_concurrent: int | None = None) -> tune.Tuner:
+                max_concurrent: int | None = None,
+                warm: warm_start.Warm | None = None) -> tune.Tuner:
     """Ray's and Optuna's own objects, composed: the whole search in one place.
     `max_concurrent`: the cluster's cap on multi-worker trials at once (search.max_concurrent
-    when None)."""
+    when None); `warm`: what earlier searches give this one (search.warm_start)."""
     s = cfg.search
+    warm = warm or warm_start.Warm()
     sampler = strategy.sampler(s)
     names = searched(cfg.space)
-    points = [{k: v for k, v in p.items() if k in names} for p in s.points_to_evaluate]
+    points = [{k: v for k, v in p.items() if k in names}
+              for p in [*warm.top, *s.points_to_evaluate]]
     searcher = OptunaSearch(
         space=DefineByRun(cfg.space), metric=s.metric, mode=s.mode, sampler=sampler,
         points_to_evaluate=[p for p in points if p], max_epoch=cfg.train.epochs,
+        history=warm.history,
         storage=optuna_search.storage(s.optuna_storage, local_folder(storage, name)),
         study_name=name,
     )
@@ -341,6 +354,12 @@ def search(args: argparse.Namespace) -> SearchResult:
     cfg, storage, name = resolve(args)
     preflight.check(cfg)  # here, not in every trial
     optuna_search.check_storage(cfg.search.optuna_storage)
+    warm = None
+    path = f"{storage}/{name}"
+    if cfg.search.warm_start and not (args.resume and snapshot_taken(path)):
+        warm = warm_start.load(cfg, local_folder(storage, name))
+        for line in warm.lines:
+            log.info("warm start: %s", line)
     tracking_uri = cfg.mlflow.tracking_uri or local_tracking_uri()
     # Saved in search.yaml (credentials removed): `search.deploy runs/NAME` finds MLflow there.
     cfg = cfg.model_copy(update={"mlflow": cfg.mlflow.model_copy(
@@ -365,7 +384,7 @@ def search(args: argparse.Namespace) -> SearchResult:
         tracker.start()  # the search will run: now MLflow may be written to
         tracker.wait_open()  # a search is not run untracked
         try:
-            return _fit(args, cfg, storage, name, tracking, tracker, tracking_uri, fits)
+            return _fit(args, cfg, storage, name, tracking, tracker, tracking_uri, fits, warm)
         except BaseException as e:
             # The parent run says why, and what is queued goes out in bounded time.
             full = full_disk.stopped(e, f"{storage}/{name}", name) if full_disk.is_full(e) else None
@@ -390,7 +409,8 @@ def driver_error(e: BaseException) -> str:
 
 
 def _fit(args, cfg: SearchConfig, storage: str, name: str, tracking: TrackingCallback,
-         tracker, tracking_uri: str, fits: int | None) -> SearchResult:
+         tracker, tracking_uri: str, fits: int | None,
+         warm: warm_start.Warm | None = None) -> SearchResult:
     path = f"{storage}/{name}"
     full_disk.atomic_copies()  # what Ray copies into storage is whole, or not there
     if args.resume and snapshot_taken(path):
@@ -408,7 +428,10 @@ def _fit(args, cfg: SearchConfig, storage: str, name: str, tracking: TrackingCal
         if "://" not in storage:  # first, so that a search killed from here on resumes
             Path(path).mkdir(parents=True, exist_ok=True)
             Path(path, SAVED_CONFIG).write_text(yaml.safe_dump(public(cfg), sort_keys=False))
-        tuner = build_tuner(cfg, storage, name, tracking, args.verbose, max_concurrent=fits)
+        tuner = build_tuner(cfg, storage, name, tracking, args.verbose, max_concurrent=fits,
+                            warm=warm)
+        if warm is not None:  # the parent run names its sources and what they gave
+            tracker.tag_search(warm.tags())
     log.info("search %s: %d trials, results in %s, MLflow at %s", name,
              cfg.search.num_samples, path, redact(tracking_uri))
     grid = tuner.fit()

@@ -96,6 +96,8 @@ CASES = [
     ("no time budget", GOOD + "search: {time_budget_s: 0}\n", [], "search.time_budget_s"),
     ("goal not a number", GOOD, ["--set", "search.goal=.nan"], "search.goal"),
     ("no patience", GOOD, ["--set", "search.patience_trials=0"], "search.patience_trials"),
+    ("warm start from no search", GOOD + "search: {warm_start: [runs/nowhere]}\n", [],
+     "search.warm_start runs/nowhere: no search there"),
     # Issue 22: a space over any field, refused before Ray starts.
     ("space path that does not exist", GOOD + "space: {train.bach_size: {choices: [32]}}\n",
      [], "space.train.bach_size: no such field of a trial's config; nearest: train.batch_size"),
