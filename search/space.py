@@ -142,14 +142,18 @@ def distributions(space: SpaceConfig) -> dict[str, BaseDistribution]:
             continue
         if name == "one_minus_beta2":  # trials report beta2 itself
             out["beta2"] = FloatDistribution(1 - r.high, 1 - r.low)
-        elif r.categorical:
-            out[name] = CategoricalDistribution(r.choices)
-        elif r.integer:
-            out[name] = IntDistribution(int(r.low), int(r.high), log=r.log,
-                                        step=int(r.step or 1))
         else:
-            out[name] = FloatDistribution(r.low, r.high, log=r.log, step=r.step)
+            out[name] = distribution(r)
     return out
+
+
+def distribution(r: Range) -> BaseDistribution:
+    """The Optuna distribution `suggest` samples `r` from."""
+    if r.categorical:
+        return CategoricalDistribution(r.choices)
+    if r.integer:
+        return IntDistribution(int(r.low), int(r.high), log=r.log, step=int(r.step or 1))
+    return FloatDistribution(r.low, r.high, log=r.log, step=r.step)
 
 
 def describe(r: Range) -> str:

@@ -25,33 +25,20 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
+from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from search import config as config_
 from search.config import ConfigError, SearchConfig
 from search.optuna_search import WARM_ATTR
 from search.record.store import REDACTED
+from search.space import DefineByRun, distribution, holds
 from search.space_rules import ADAM_KEYS, Range, same_value
 
 SOURCE_ATTR = WARM_ATTR  # an imported trial's user attribute: the folder it came from
 SAVED_CONFIG = "search.yaml"
 JOURNAL = "optuna.journal"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-
-
-def distribution(r: Range) -> BaseDistribution:
-    """The Optuna distribution `search.space.suggest` samples `r` from."""
-    if r.categorical:
-        return CategoricalDistribution(r.choices)
-    if r.integer:
-        return IntDistribution(int(r.low), int(r.high), log=r.log, step=int(r.step or 1))
-    return FloatDistribution(r.low, r.high, log=r.log, step=r.step)
 
 
 def config_value(cfg: SearchConfig, name: str) -> Any:
@@ -71,8 +58,6 @@ _MISSING = object()
 def mapped(trial: FrozenTrial, source: SearchConfig, space: dict[str, Range],
            order: list[str]) -> tuple[dict[str, Any], dict[str, BaseDistribution]] | str:
     """A source trial's params and distributions in this space, or why it is dropped."""
-    from search.space import holds
-
     fixed_there = {n: r.candidates()[0] for n, r in source.space.keys().items() if r.fixed}
     sample: dict[str, Any] = {}
     params: dict[str, Any] = {}
@@ -118,8 +103,6 @@ class Warm:
 def load(cfg: SearchConfig, here: Path) -> Warm:
     """The sources of `cfg.search.warm_start` read and mapped into `cfg`'s space; a source
     this search cannot learn from is a ConfigError naming it. `here`: this search's folder."""
-    from search.space import DefineByRun
-
     warm = Warm()
     s = cfg.search
     space = cfg.space.keys()
