@@ -254,8 +254,6 @@ class SearchSection(Section):
     # a journal file path; null: runs/NAME/optuna.journal. Open it with optuna.load_study
     # or optuna-dashboard; --resume keeps using it.
     optuna_storage: str | None = None
-    # Adam's textbook defaults make a good first point.
-    # Keys as in space: short Adam names or dotted paths.
     # When the search stops besides num_samples (search/lifecycle.py): after this many wall
     # seconds of a run of the command; once a trial that ran every epoch reaches `goal` in
     # `metric`; once `patience_trials` trials in a row did not improve the best.
@@ -269,6 +267,8 @@ class SearchSection(Section):
     warm_start: list[str] = []
     warm_start_top: int = Field(2, ge=0)
     warm_start_history: bool = True
+    # Adam's textbook defaults make a good first point.
+    # Keys as in space: short Adam names or dotted paths.
     points_to_evaluate: list[dict[str, Any]] = [
         {"lr": 1e-3, "beta1": 0.9, "one_minus_beta2": 1e-3, "eps": 1e-8}
     ]

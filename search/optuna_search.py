@@ -204,10 +204,9 @@ class OptunaSearch(RayOptunaSearch):
         super()._setup_study(mode)
         for trial_id in stale:
             self._storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
-        history = self._history
-        if history and not any(WARM_ATTR in t.user_attrs
-                               for t in self._ot_study.get_trials(deepcopy=False)):
-            self._ot_study.add_trials(history)  # once: a search started again has them
+        if self._history and not any(WARM_ATTR in t.user_attrs
+                                     for t in self._ot_study.get_trials(deepcopy=False)):
+            self._ot_study.add_trials(self._history)  # once: a search started again has them
 
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)

@@ -423,11 +423,11 @@ def _fit(args, cfg: SearchConfig, storage: str, name: str, tracking: TrackingCal
         tuner = tune.Tuner.restore(path, trainable=trainable(cfg, path))
         resumed_with(tuner, cfg)
         if "://" not in storage:  # this run's rules, for the next --resume
-            Path(path, SAVED_CONFIG).write_text(yaml.safe_dump(public(cfg), sort_keys=False))
+            save_config(path, cfg)
     else:  # a new search, or one killed before Ray saved any state: started (again)
         if "://" not in storage:  # first, so that a search killed from here on resumes
             Path(path).mkdir(parents=True, exist_ok=True)
-            Path(path, SAVED_CONFIG).write_text(yaml.safe_dump(public(cfg), sort_keys=False))
+            save_config(path, cfg)
         tuner = build_tuner(cfg, storage, name, tracking, args.verbose, max_concurrent=fits,
                             warm=warm)
         if warm is not None:  # the parent run names its sources and what they gave
@@ -488,6 +488,11 @@ def _fit(args, cfg: SearchConfig, storage: str, name: str, tracking: TrackingCal
         tracking_uri=redact(tracking_uri), champion_uri=champion, unregistered=unregistered,
         stop_reason=stop_reason,
     )
+
+
+def save_config(path: str, cfg: SearchConfig) -> None:
+    """The search's config as `--resume` reads it (search.yaml, credentials removed)."""
+    Path(path, SAVED_CONFIG).write_text(yaml.safe_dump(public(cfg), sort_keys=False))
 
 
 def resumed_with(tuner: tune.Tuner, cfg: SearchConfig) -> None:

@@ -29,15 +29,15 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from search import config as config_
+from search import optuna_search
 from search.config import ConfigError, SearchConfig
-from search.optuna_search import WARM_ATTR
+from search.optuna_search import JOURNAL, WARM_ATTR
 from search.record.store import REDACTED
 from search.space import DefineByRun, distribution, holds
 from search.space_rules import ADAM_KEYS, Range, same_value
 
 SOURCE_ATTR = WARM_ATTR  # an imported trial's user attribute: the folder it came from
-SAVED_CONFIG = "search.yaml"
-JOURNAL = "optuna.journal"
+SAVED_CONFIG = "search.yaml"  # search.run's copy of a search's config, in its folder
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -157,18 +157,13 @@ def _read(folder: Path, label: str, here: Path) -> tuple[SearchConfig, list[Froz
     source = config_.validate(SearchConfig, config_.read_yaml(saved), str(saved))
     url = source.search.optuna_storage
     journal = Path(url) if url and "://" not in url else folder / JOURNAL
-    if url and "://" in url:
-        if REDACTED in url:
-            raise ConfigError(f"{label}: its study's database password is not stored")
-        storage: optuna.storages.BaseStorage = optuna.storages.RDBStorage(url)
-    elif not journal.is_file():
+    if url and "://" in url and REDACTED in url:
+        raise ConfigError(f"{label}: its study's database password is not stored")
+    if "://" not in (url or "") and not journal.is_file():
         raise ConfigError(f"{label}: no Optuna study there ({journal} does not exist)")
-    else:
-        from optuna.storages.journal import JournalFileBackend
-
-        storage = optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
-    try:
-        study = optuna.load_study(study_name=source.name or folder.name, storage=storage)
+    try:  # the storage as the source search opened it
+        study = optuna.load_study(study_name=source.name or folder.name,
+                                  storage=optuna_search.storage(url, folder))
     except KeyError:
         raise ConfigError(f"{label}: its study {source.name or folder.name!r} is not in "
                           "its storage") from None
