@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
@@ -67,6 +68,38 @@ def wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None) ->
         assert time.monotonic() < deadline, "timed out waiting"
         time.sleep(0.5)
 
+def on_node(node, pid: int) -> bool:
+    """Whether process `pid` runs under `node`'s raylet (the nodes of a local Cluster share
+    one IP address; a worker process is a child of its node's raylet)."""
+    raylet = node.all_processes["raylet"][0].process.pid
+    try:
+        return any(p.pid == raylet for p in psutil.Process(pid).parents())
+    except psutil.NoSuchProcess:
+        return False
+
+
+def remove_mid_trial(cluster: Cluster, node, exp_dir: Path, epochs: int,
+                     driver: subprocess.Popen) -> str:
+    """Remove `node` at once, when a trial running there has a checkpoint and two epochs or
+    more to go (Ray writes result.json a little behind the trial): its retry must then
+    resume from that checkpoint. Returns what was seen then, for failure messages."""
+    seen = []
+
+    def ready() -> bool:
+        for trial in exp_dir.glob("trial_*"):
+            lines = (trial / "result.json").read_text().splitlines() \
+                if (trial / "result.json").exists() else []
+            last = json.loads(lines[-1]) if lines else None
+            if (last and last["training_iteration"] <= epochs - 2
+                    and any(trial.glob("checkpoint_*")) and on_node(node, last["pid"])):
+                seen.append(f"{trial.name} at epoch {last['training_iteration']}")
+                return True
+        return False
+    wait_for(ready, 240, driver)
+    cluster.remove_node(node, allow_graceful=False)
+    return seen[0]
+
+
 
 def test_search_survives_losing_a_worker_node(tmp_path):
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
@@ -81,9 +114,8 @@ def test_search_survives_losing_a_worker_node(tmp_path):
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         exp_dir = tmp_path / "runs" / "c"
-        # Three trials run, one per node; kill a worker once they have checkpoints.
-        wait_for(lambda: len(list(exp_dir.glob("trial_*/checkpoint_*"))) >= 3, 240, driver)
-        cluster.remove_node(workers[0], allow_graceful=False)
+        # Three trials run, one per node; kill a worker mid-trial, after a checkpoint.
+        seen = remove_mid_trial(cluster, workers[0], exp_dir, 4, driver)
         out, _ = driver.communicate(timeout=420)
         assert driver.returncode == 0, out[-4000:]
     finally:
@@ -98,8 +130,8 @@ def test_search_survives_losing_a_worker_node(tmp_path):
         assert sorted(steps) == [1, 2, 3, 4]  # exactly one value per epoch, replays or not
     assert len({k.data.tags["node_id"] for k in kids}) >= 2  # trials spread over nodes
     retried = [k for k in kids if int(k.data.tags.get("retries", 0)) >= 1]
-    assert retried, "no trial was retried after its node died"
-    assert any(int(k.data.tags.get("resumed_from_epoch", 0)) >= 1 for k in retried)
+    assert retried, f"no trial was retried after its node died ({seen})"
+    assert any(int(k.data.tags.get("resumed_from_epoch", 0)) >= 1 for k in retried), seen
 
 
 def postgres_binaries() -> Path | None:
