@@ -11,13 +11,15 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -235,6 +237,35 @@ class SpaceConfig(Section):
         return self
 
 
+class WarmSource(Section):
+    """An earlier search held elsewhere than a search folder: an Optuna study (its storage
+    URL or journal file, and its name), or an MLflow experiment (its name, at
+    `tracking_uri`, by default this search's)."""
+
+    optuna_storage: str | None = None
+    study: str | None = None
+    mlflow_experiment: str | None = None
+    tracking_uri: str | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> WarmSource:
+        study = self.optuna_storage is not None or self.study is not None
+        if study == (self.mlflow_experiment is not None):
+            raise ValueError("give either optuna_storage and study, or mlflow_experiment")
+        if study and not (self.optuna_storage and self.study):
+            raise ValueError("an Optuna source needs both optuna_storage and study")
+        if study and self.tracking_uri is not None:
+            raise ValueError("tracking_uri goes with mlflow_experiment")
+        return self
+
+
+# A warm-start source: a folder's path, or the mapping of another kind (no union's noise in
+# the errors: the entry is read as one or the other).
+WarmEntry = Annotated[
+    Annotated[str, Tag("folder")] | Annotated[WarmSource, Tag("source")],
+    Discriminator(lambda v: "folder" if isinstance(v, str) else "source")]
+
+
 class SearchSection(Section):
     num_samples: int = Field(8, ge=1)
     max_concurrent: int = Field(2, ge=1)
@@ -260,11 +291,12 @@ class SearchSection(Section):
     time_budget_s: float | None = Field(None, gt=0)
     goal: float | None = Field(None, allow_inf_nan=False)
     patience_trials: int | None = Field(None, ge=1)
-    # Earlier searches this one learns from: their folders (runs/NAME), same metric and
-    # mode (search/warm_start.py). Their K best completed configurations run first; with
-    # `warm_start_history` every finished trial of theirs that fits this space joins the
-    # study, for the sampler to model.
-    warm_start: list[str] = []
+    # Earlier searches this one learns from, same metric and mode (search/warm_start.py):
+    # their folders (runs/NAME), Optuna studies ({optuna_storage: URL, study: NAME}) or
+    # MLflow experiments ({mlflow_experiment: NAME, tracking_uri: URI}). Their K best
+    # completed configurations run first; with `warm_start_history` every finished trial of
+    # theirs that fits this space joins the study, for the sampler to model.
+    warm_start: list[WarmEntry] = []
     warm_start_top: int = Field(2, ge=0)
     warm_start_history: bool = True
     # Adam's textbook defaults make a good first point.

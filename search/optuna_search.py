@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import sqlite3
+import warnings
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -181,10 +182,13 @@ def remember(url: str) -> None:
 
 class OptunaSearch(RayOptunaSearch):
     def __init__(self, *args: Any, max_epoch: int,
-                 history: list[optuna.trial.FrozenTrial] = (), **kwargs: Any) -> None:
-        # Earlier searches' trials (search/warm_start.py): set first, since Ray's __init__
-        # sets the study up when it is given the space.
+                 history: list[optuna.trial.FrozenTrial] = (),
+                 study_attrs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        # Earlier searches' trials (search/warm_start.py), and what the study says of its
+        # search (its config, for a later search warm-started from the study alone): set
+        # first, since Ray's __init__ sets the study up when it is given the space.
         self._history = list(history)
+        self._study_attrs = dict(study_attrs or {})
         super().__init__(*args, **kwargs)
         self._max_epoch = max_epoch
 
@@ -207,6 +211,12 @@ class OptunaSearch(RayOptunaSearch):
         if self._history and not any(WARM_ATTR in t.user_attrs
                                      for t in self._ot_study.get_trials(deepcopy=False)):
             self._ot_study.add_trials(self._history)  # once: a search started again has them
+        for key, value in self._study_attrs.items():  # a resume's config replaces the first
+            self._ot_study.set_user_attr(key, value)
+        if self._metric and self._ot_study.metric_names is None:
+            with warnings.catch_warnings():  # "experimental" since Optuna 3.2
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self._ot_study.set_metric_names([self._metric])
 
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)

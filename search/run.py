@@ -153,12 +153,16 @@ def storage_path(given: str | None) -> str:
 
 
 def public(cfg: SearchConfig) -> dict:
-    """The config as logged and saved: credentials in the tracking URI removed."""
+    """The config as logged and saved: credentials in its URLs removed."""
     raw = cfg.model_dump(mode="json")
     if raw["mlflow"]["tracking_uri"]:
         raw["mlflow"]["tracking_uri"] = redact(raw["mlflow"]["tracking_uri"])
     if raw["search"]["optuna_storage"]:
         raw["search"]["optuna_storage"] = redact(raw["search"]["optuna_storage"])
+    for source in raw["search"]["warm_start"]:
+        for key in ("optuna_storage", "tracking_uri"):
+            if isinstance(source, dict) and source.get(key):
+                source[key] = redact(source[key])
     return raw
 
 
@@ -234,7 +238,7 @@ def build_tuner(cfg: SearchConfig, storage: str, name: str, tracking: TrackingCa
     searcher = OptunaSearch(
         space=DefineByRun(cfg.space), metric=s.metric, mode=s.mode, sampler=sampler,
         points_to_evaluate=[p for p in points if p], max_epoch=cfg.train.epochs,
-        history=warm.history,
+        history=warm.history, study_attrs={warm_start.STUDY_CONFIG: public(cfg)},
         storage=optuna_search.storage(s.optuna_storage, local_folder(storage, name)),
         study_name=name,
     )

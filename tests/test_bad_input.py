@@ -98,6 +98,12 @@ CASES = [
     ("no patience", GOOD, ["--set", "search.patience_trials=0"], "search.patience_trials"),
     ("warm start from no search", GOOD + "search: {warm_start: [runs/nowhere]}\n", [],
      "search.warm_start runs/nowhere: no search there"),
+    ("warm start of two kinds", GOOD, ["--set", "search.warm_start=[{study: s, "
+                                       "mlflow_experiment: e}]"],
+     "search.warm_start.0.source: give either optuna_storage and study, or mlflow_experiment"),
+    ("warm start from no study", GOOD, ["--set", "search.warm_start=[{optuna_storage: "
+                                        "sqlite:///none.db, study: s}]"],
+     "search.warm_start Optuna study s in sqlite:///none.db: no Optuna study there"),
     # Issue 22: a space over any field, refused before Ray starts.
     ("space path that does not exist", GOOD + "space: {train.bach_size: {choices: [32]}}\n",
      [], "space.train.bach_size: no such field of a trial's config; nearest: train.batch_size"),

@@ -173,3 +173,125 @@ scheduler: {{name: fifo}}
     study = optuna.load_study(study_name="second", storage=JournalStorage(JournalFileBackend(
         str(tmp_path / "runs" / "second" / "optuna.journal"))))
     assert sum(WARM_ATTR in t.user_attrs for t in study.trials) == len(done)
+
+
+def test_a_study_and_an_experiment_give_what_the_search_folder_gives(search, tmp_path):
+    """The shared search read three ways: its folder, its Optuna study alone (the config
+    rides in the study), and its MLflow experiment (params as MLflow's text, 3 digits)."""
+    folder, _, _ = search
+    src = folder / "runs" / "e2e"
+    raw = yaml.safe_load((src / "search.yaml").read_text())
+    raw["search"]["warm_start_top"] = 3
+
+    def loaded(source) -> warm_start.Warm:
+        cfg = SearchConfig.model_validate(
+            {**raw, "name": "second", "search": {**raw["search"], "warm_start": [source]}})
+        return warm_start.load(cfg, tmp_path / "runs" / "second")
+
+    by_folder = loaded(str(src))
+    by_study = loaded({"optuna_storage": str(src / "optuna.journal"), "study": "e2e"})
+    by_mlflow = loaded({"mlflow_experiment": "e2e",
+                        "tracking_uri": f"sqlite:///{folder / 'mlflow.db'}"})
+    n = len(by_folder.history)
+    assert n >= 6 and by_folder.lines == [f"{src}: {n} finished trials, {n} kept"]
+    assert by_study.lines == [f"Optuna study e2e in {src / 'optuna.journal'}: {n} finished "
+                              f"trials, {n} kept"]
+    assert by_mlflow.lines[0].startswith(f"MLflow experiment e2e at sqlite:///{folder}")
+
+    def key(t):
+        return (t.state, t.value, sorted(t.intermediate_values.items()))
+
+    assert sorted(map(key, by_study.history)) == sorted(map(key, by_folder.history))
+    assert [t.params for t in by_study.history] == [t.params for t in by_folder.history]
+    # MLflow: every epoch's value (Optuna's intermediate values stop before the last).
+    theirs = list(by_mlflow.history)
+    assert len(theirs) == n
+    for t in by_folder.history:
+        same = [o for o in theirs if (o.state, o.value) == (t.state, t.value)
+                and t.intermediate_values.items() <= o.intermediate_values.items()
+                and o.params.keys() == t.params.keys()
+                and all(v == pytest.approx(t.params[k], rel=5e-3) for k, v in o.params.items())]
+        assert same, t
+        theirs.remove(same[0])
+    completed = sum(t.state == TrialState.COMPLETE for t in by_folder.history)
+    assert len(by_mlflow.top) == len(by_folder.top) == min(3, completed) > 0
+    for a, b in zip(by_mlflow.top, by_folder.top, strict=True):
+        assert a == pytest.approx(b, rel=5e-3)
+
+
+def test_a_foreign_study_and_a_foreign_experiment_and_their_refusals(tmp_path):
+    db = tmp_path / "theirs.db"
+    study = optuna.create_study(study_name="theirs", storage=f"sqlite:///{db}",
+                                direction="maximize")
+    dist = FloatDistribution(1e-4, 1e-1, log=True)
+    for lr, value in ((2e-3, 0.8), (6e-3, 0.9), (5e-2, 0.95)):
+        study.add_trial(create_trial(value=value, params={"lr": lr},
+                                     distributions={"lr": dist},
+                                     intermediate_values={1: value / 2}))
+
+    def load(*sources, **search):
+        cfg = config(HERE, warm_start=list(sources), **search).model_copy(
+            update={"name": "second"})
+        return warm_start.load(cfg, tmp_path / "runs" / "second")
+
+    source = {"optuna_storage": f"sqlite:///{db}", "study": "theirs"}
+    warm = load(source)
+    # Only lr was recorded there: what this space searches and they did not record (beta1,
+    # the batch size, ...) drops the trial.
+    assert warm.lines == [f"Optuna study theirs in sqlite:///{db}: 3 finished trials, 0 kept, "
+                          "3 dropped (2 no value of beta1; 1 lr outside this space)"]
+    # What this space fixes (the schedule, Adam's other keys) is taken as theirs.
+    narrow = {**HERE, "space": {"lr": HERE["space"]["lr"], "train.schedule": {"value": "cosine"},
+                                "beta1": {"value": 0.9}, "one_minus_beta2": {"value": 1.0e-3},
+                                "eps": {"value": 1.0e-8}}}
+    cfg = config(narrow, warm_start=[source], warm_start_top=1).model_copy(
+        update={"name": "second"})
+    warm = warm_start.load(cfg, tmp_path / "runs" / "second")
+    assert [t.params for t in warm.history] == [{"lr": 2e-3}, {"lr": 6e-3}]
+    assert warm.top == [{"lr": 6e-3}]
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("theirs")
+    for lr, acc in ((3e-3, 0.7), (4e-3, 0.75)):
+        run = client.create_run(exp)
+        client.log_param(run.info.run_id, "lr", str(lr))
+        for step in (1, 2):
+            client.log_metric(run.info.run_id, "val_acc", acc * step / 2, step=step)
+        client.set_terminated(run.info.run_id)
+    client.create_run(exp)  # still running: not a finished trial
+    cfg = config(narrow, warm_start=[{"mlflow_experiment": "theirs", "tracking_uri": uri}])
+    warm = warm_start.load(cfg.model_copy(update={"name": "second"}), tmp_path / "runs" / "x")
+    assert sorted((t.params["lr"], t.value, t.intermediate_values[1]) for t in warm.history) \
+        == [(3e-3, 0.7, 0.35), (4e-3, 0.75, 0.375)]
+    del mlflow
+
+    def refused(source, match, **search):
+        with pytest.raises(ConfigError, match=match):
+            load(source, **search)
+
+    refused({"optuna_storage": f"sqlite:///{tmp_path / 'none.db'}", "study": "s"},
+            "none.db does not exist")
+    assert not (tmp_path / "none.db").exists()  # nothing written
+    refused({**source, "study": "other"}, "its study 'other' is not in its storage")
+    refused(source, r"searched an unnamed metric \(max\), this search val_loss \(min\)",
+            metric="val_loss", mode="min")
+    refused({"mlflow_experiment": "nobody", "tracking_uri": uri}, "no such experiment")
+    refused({"mlflow_experiment": "theirs", "tracking_uri": uri}, "no finished trials",
+            metric="val_loss")
+    refused({"optuna_storage": str(tmp_path / "runs" / "second" / "optuna.journal"),
+             "study": "second"}, "is this search itself")
+
+
+def test_a_sources_credentials_are_not_saved_or_logged():
+    from search.run import public
+
+    cfg = config(HERE, warm_start=[
+        {"optuna_storage": "postgresql://alice:s3cret@127.0.0.1/optuna", "study": "s"},
+        {"mlflow_experiment": "e", "tracking_uri": "http://alice:s3cret@127.0.0.1:5000"}])
+    saved = yaml.safe_dump(public(cfg))
+    assert "s3cret" not in saved and "127.0.0.1/optuna" in saved
+    assert "s3cret" not in warm_start.describe(cfg.search.warm_start[1])
