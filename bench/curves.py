@@ -2,7 +2,10 @@
 
     python -m bench.curves digits --samples 400          # -> bench/curves/digits.json.gz
     python -m bench.curves digits28 --samples 200        # -> bench/curves/digits28.json.gz
-    python -m bench.space_compare                        # digits-lr and digits-joint tables
+    python -m bench.curves regression --samples 400      # -> bench/curves/regression.json.gz
+    python -m bench.curves charlm --samples 200          # -> bench/curves/charlm.json.gz
+    python -m bench.curves digits-lr --samples 64        # bench/space_compare.py's two
+    python -m bench.curves digits-joint --samples 288
 
 Each table is built with the project's own search (`search.run.run_search`): random sampler,
 FIFO scheduler (every trial trains the full budget), no `points_to_evaluate`, nothing
@@ -20,14 +23,23 @@ Tasks (all real images; nothing can be downloaded on the machine this was built 
 - `digits-joint`: the same, with the learning rate searched jointly with `train.schedule`
   (constant, cosine, onecycle), `train.warmup_fraction` ([0.05, 0.3], onecycle only) and
   `train.batch_size` (32, 64, 128). bench/space_compare.py compares the two.
+- `regression`: conf/regression/search.yaml, a training task of the user's (scikit-learn's
+  diabetes data, an MLP, 30 epochs), its space (lr, the width) with Adam's other keys
+  searched too; metric val_rmse, lower is better: a continuous metric.
+- `charlm`: conf/charlm/search.yaml, a character-level causal CNN on the repository's text,
+  6 epochs, its space (lr, beta1) with one_minus_beta2 and eps searched too; metric
+  val_bits_per_char, lower is better.
 
 A table row: the sample (searched names as Optuna names them; a categorical value as it
 is, a number as a float, a conditional key that was not sampled left out), the trainer seed,
-per epoch val_acc, val_loss and epoch_s, and `startup_s`: the trial's first iteration as
-Tune timed it minus its first epoch, i.e. what a trial costs before it trains (sample,
-process hand-over, model and optimizer set-up). The tables are git-ignored (bench/curves/);
-rebuild them with the commands above (about 15 to 30 minutes each on 2 cores). `--set
-KEY=VALUE` adds a config override (fewer epochs, say); the table records every override.
+per epoch the table's metric (`metric`, `mode`: val_acc and max for the image tables),
+val_loss where the task reports it, and epoch_s, and `startup_s`: the trial's first
+iteration as Tune timed it minus its first epoch, i.e. what a trial costs before it trains
+(sample, process hand-over, model and optimizer set-up). The tables are committed
+(bench/curves/, gzipped JSON), so that `python -m bench.search` reproduces the published
+figures from a fresh clone; rebuild them with the commands above (5 to 15 minutes each on
+2 cores). `--set KEY=VALUE` adds a config override (fewer epochs, say); the table records
+every override.
 """
 
 from __future__ import annotations
@@ -61,6 +73,8 @@ TASKS: dict[str, tuple[str, list[str]]] = {
         "space.train.schedule={choices: [constant, cosine, onecycle]}",
         "space.train.warmup_fraction={low: 0.05, high: 0.3, when: {train.schedule: onecycle}}",
         "space.train.batch_size={choices: [32, 64, 128]}"]),
+    "regression": ("conf/regression/search.yaml", []),
+    "charlm": ("conf/charlm/search.yaml", []),
 }
 
 
@@ -84,7 +98,7 @@ def param(value: Any) -> Any:
     return float(value) if numeric else value
 
 
-def read_trial(folder: Path, names: list[str]) -> dict[str, Any] | None:
+def read_trial(folder: Path, names: list[str], metric: str = "val_acc") -> dict[str, Any] | None:
     """One trial's row from Ray's result.json (one JSON line per epoch); None if empty.
     A conditional name the trial did not sample is left out of its params."""
     path = folder / "result.json"
@@ -99,8 +113,9 @@ def read_trial(folder: Path, names: list[str]) -> dict[str, Any] | None:
     return {
         "trial_id": first["trial_id"],
         "params": {n: param(config[n]) for n in names if n in config},
-        "val_acc": [float(r["val_acc"]) for r in results],
-        "val_loss": [float(r["val_loss"]) for r in results],
+        metric: [float(r[metric]) for r in results],
+        **({"val_loss": [float(r["val_loss"]) for r in results]}
+           if "val_loss" in first else {}),
         "epoch_s": [float(r["epoch_s"]) for r in results],
         "startup_s": max(0.0, float(first["time_this_iter_s"]) - float(first["epoch_s"])),
         "diverged": bool(results[-1].get("diverged", False)),
@@ -111,9 +126,10 @@ def read_trial(folder: Path, names: list[str]) -> dict[str, Any] | None:
     }
 
 
-def collect(experiment: Path, names: list[str]) -> list[dict[str, Any]]:
+def collect(experiment: Path, names: list[str], metric: str = "val_acc") -> list[dict[str, Any]]:
     """Every trial's row of a finished search, in the order the trials started."""
-    rows = [r for d in sorted(experiment.glob("trial_*")) if (r := read_trial(d, names))]
+    rows = [r for d in sorted(experiment.glob("trial_*"))
+            if (r := read_trial(d, names, metric))]
     return sorted(rows, key=lambda r: r["start_ts"])
 
 
@@ -137,12 +153,13 @@ def build(task: str, samples: int, concurrent: int, seed: int, out: Path,
                         tracking_uri=f"sqlite:///{work / 'mlflow.db'}", show_progress=True)
     wall = time.time() - start
     names = searched(cfg.space)
-    rows = collect(Path(result.path), names)
+    rows = collect(Path(result.path), names, cfg.search.metric)
     table = {
         "task": task, "config": conf, "overrides": sets, "epochs": cfg.train.epochs,
         "seed": cfg.train.seed, "search_seed": seed, "names": names,
         "space": cfg.space.model_dump(mode="json"),
-        "metric": "val_acc", "val_images": _val_images(cfg),
+        "metric": cfg.search.metric, "mode": cfg.search.mode,
+        "val_images": _val_images(cfg) if cfg.train.task is None else None,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "concurrent": concurrent, "wall_s": wall, "built": time.strftime("%Y-%m-%d"),
         "trials": rows,
@@ -178,11 +195,12 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     out = args.out or table_path(args.task)
     table = build(args.task, args.samples, args.concurrent, args.seed, out, args.sets)
-    rows = table["trials"]
-    finals = sorted(r["val_acc"][-1] for r in rows)
+    rows, metric = table["trials"], table["metric"]
+    finals = sorted(r[metric][-1] for r in rows)
+    best = finals[-1] if table["mode"] == "max" else finals[0]
     print(f"wrote {out}: {len(rows)} trials x {table['epochs']} epochs in "
-          f"{table['wall_s']:.0f} s; final val_acc median {finals[len(finals) // 2]:.4f}, "
-          f"max {finals[-1]:.4f}")
+          f"{table['wall_s']:.0f} s; final {metric} median {finals[len(finals) // 2]:.4f}, "
+          f"best {best:.4f}")
     os._exit(0)  # as search.run does: Ray's teardown is slow and not needed
 
 

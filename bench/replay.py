@@ -56,7 +56,9 @@ class Table:
     space: SpaceConfig
     epochs: int
     points: np.ndarray  # rows x names, scaled to [0, 1]
-    val_acc: list[list[float]]  # per row, per epoch (shorter when the trial diverged)
+    # Per row, per epoch (shorter when the trial diverged): the table's metric, higher is
+    # better (negated where its mode is min: val_rmse, bits per character).
+    val_acc: list[list[float]]
     epoch_s: list[list[float]]
     trial_overhead_s: float  # per trial, besides its epochs
     epoch_overhead_s: float  # per epoch, besides the training (reporting, checkpoints)
@@ -126,10 +128,13 @@ def table(raw: dict[str, Any]) -> Table:
     rows = raw["trials"]
     per_trial, per_epoch = (overheads(raw) if "time_total_s" in rows[0]
                             else (raw.get("trial_overhead_s", 0.0), 0.0))
+    metric, sign = raw.get("metric", "val_acc"), -1.0 if raw.get("mode") == "min" else 1.0
     return Table(
         names=names, space=space, epochs=raw["epochs"],
         points=np.array([scale(space, names, r["params"]) for r in rows]),
-        val_acc=[r["val_acc"] for r in rows], epoch_s=[r["epoch_s"] for r in rows],
+        val_acc=[[sign * v if math.isfinite(v) else -math.inf for v in r[metric]]
+                 for r in rows],  # a diverged epoch's nan never reaches a target
+        epoch_s=[r["epoch_s"] for r in rows],
         trial_overhead_s=per_trial, epoch_overhead_s=per_epoch,
     )
 
@@ -217,8 +222,10 @@ class Trace:
         return (float(self.results[-1][3]), self.results[-1][4]) if self.results else (0, 0)
 
 
-def searcher_for(m: Method, space: SpaceConfig, epochs: int):
-    """The live search's OptunaSearch (in-memory study), ready for `suggest`."""
+def searcher_for(m: Method, space: SpaceConfig, epochs: int, history: list = (),
+                 points: list[dict[str, Any]] = ()):
+    """The live search's OptunaSearch (in-memory study), ready for `suggest`; `history`
+    and `points`: what a warm start gives it (search/warm_start.py), as `build_tuner` does."""
     import optuna
 
     from search import strategy
@@ -227,16 +234,19 @@ def searcher_for(m: Method, space: SpaceConfig, epochs: int):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     s = OptunaSearch(space=DefineByRun(space), metric=m.search.metric, mode=m.search.mode,
-                     sampler=strategy.sampler(m.search), max_epoch=epochs)
+                     sampler=strategy.sampler(m.search), max_epoch=epochs,
+                     history=list(history), points_to_evaluate=list(points) or None)
     s.set_search_properties(None, None, {})
     return s
 
 
 def replay(t: Table, m: Method, seed: int, *, space: SpaceConfig | None = None,
            concurrent: int = 2, budget_epochs: int = 3000, stop_at: float | None = None,
-           max_trials: int | None = None) -> Trace:
+           max_trials: int | None = None, history: list = (),
+           points: list[dict[str, Any]] = ()) -> Trace:
     """Run method `m` with `seed` against table `t` until `budget_epochs` trial-epochs are
-    spent, `max_trials` trials started, or some result reaches `stop_at`."""
+    spent, `max_trials` trials started, or some result reaches `stop_at`. `history`,
+    `points`: an earlier search's trials for the study and configurations to run first."""
     import warnings
 
     from ray.tune.schedulers import TrialScheduler
@@ -246,7 +256,7 @@ def replay(t: Table, m: Method, seed: int, *, space: SpaceConfig | None = None,
     space = space or m.space or t.space
     m = m.seeded(seed)
     np.random.seed(seed)  # Ray's ASHA picks brackets with NumPy's global generator
-    searcher = searcher_for(m, space, t.epochs)
+    searcher = searcher_for(m, space, t.epochs, history, points)
     scheduler = strategy.scheduler(m.scheduler, t.epochs)
     scheduler.set_search_properties(m.search.metric, m.search.mode)
     trace = Trace(study=searcher._ot_study)

@@ -4,6 +4,7 @@
     python -m bench.search --tasks digits --seeds 100 --grace 2 --rf 3
     python -m bench.search --sweep                      # TPE+ASHA over grace periods and factors
     python -m bench.search --live --seeds 3             # live searches: the default vs random
+    python -m bench.search --warm                       # warm start (bench/warm.py)
 
 Replay (bench/replay.py): each method runs `--seeds` times against each table (bench/curves.py
 builds them from real training) with the live search's own Optuna sampler, OptunaSearch and
@@ -34,6 +35,7 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -139,19 +141,20 @@ def bootstrap_ratio(a: list[float], b: list[float], reps: int = 2000,
 
 
 def summarise(runs: list[dict], names: list[str], tgts: dict[float, float],
-              budget: int) -> list[dict]:
-    """Per method and target: median costs, ratios to random with intervals, ERT, hits."""
+              budget: int, base: Callable[[str], str] = lambda name: "random") -> list[dict]:
+    """Per method and target: median costs, ratios to the method `base(name)` (random
+    search) with intervals, ERT, hits."""
     rows = []
     by = {n: [r for r in runs if r["method"] == n] for n in names}
     for q, target in tgts.items():
-        base = None
+        done: dict[str, dict] = {}
         for n in names:
             costs = [cost(r["curve"], target) for r in by[n]]
             spent = [(r["curve"][-1][0], r["curve"][-1][1]) if r["curve"] else (budget, 0.0)
                      for r in by[n]]
             ep = [c[0] if c else math.inf for c in costs]
             sec = [c[1] if c else math.inf for c in costs]
-            row = {
+            row = done[n] = {
                 "method": n, "quantile": q, "target": target, "runs": len(costs),
                 "reached": sum(c is not None for c in costs),
                 "median_epochs": median_inf(ep), "median_s": median_inf(sec),
@@ -159,15 +162,15 @@ def summarise(runs: list[dict], names: list[str], tgts: dict[float, float],
                 "ert_s": R.ert([c[1] if c else None for c in costs], [s[1] for s in spent]),
                 "_ep": ep, "_sec": sec,
             }
-            if n == "random":
-                base = row
-            if base is not None:
+            ref = done.get(base(n))
+            if ref is not None:
                 for key, raw in (("epochs", "_ep"), ("s", "_sec")):
                     with np.errstate(invalid="ignore", divide="ignore"):
                         row[f"ratio_{key}"] = float(np.float64(row[f"median_{key}"])
-                                                    / base[f"median_{key}"])
-                    row[f"ci_{key}"] = bootstrap_ratio(row[raw], base[raw])
-                    row[f"ert_ratio_{key}"] = row[f"ert_{key}"] / base[f"ert_{key}"]
+                                                    / ref[f"median_{key}"])
+                        row[f"ert_ratio_{key}"] = float(np.float64(row[f"ert_{key}"])
+                                                        / ref[f"ert_{key}"])
+                    row[f"ci_{key}"] = bootstrap_ratio(row[raw], ref[raw])
             rows.append(row)
     return [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
 
@@ -383,6 +386,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--budget", type=int, default=3000, help="trial-epochs per run at most")
     p.add_argument("--jobs", type=int, default=2, help="processes replaying")
     p.add_argument("--live", action="store_true", help="live searches on digits instead")
+    p.add_argument("--warm", action="store_true",
+                   help="warm start replayed instead (bench/warm.py); --budget 1500 then")
+    p.add_argument("--scenarios", nargs="*", help="--warm: these only (default: all)")
+    p.add_argument("--source-trials", type=int, default=32,
+                   help="--warm: trials of the earlier search, drawn per seed")
+    p.add_argument("--top", type=int, default=2, help="--warm: its best configurations run "
+                                                     "first (search.warm_start_top)")
     p.add_argument("--samples", type=int, default=40, help="--live: trials a search")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="--live: a config override for both strategies (repeatable)")
@@ -394,6 +404,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.live:
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
         report["live"] = live(args)
+    elif args.warm:
+        from bench import warm
+
+        report["warm"] = {}
+        for scenario in args.scenarios or list(warm.SCENARIOS):
+            res = warm.run(scenario, args.seeds, min(args.budget, 1500), args.source_trials,
+                           args.top, args.jobs)
+            warm.print_scenario(res)
+            report["warm"][scenario] = res
     else:
         tasks = args.tasks or sorted(f.name.removesuffix(".json.gz")
                                      for f in curves.FOLDER.glob("*.json.gz"))

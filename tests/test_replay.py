@@ -235,3 +235,61 @@ def test_replay_over_categorical_and_int_keys_keeps_each_sample_in_its_category(
         later += [tr.params["train.schedule"] for tr in trace.trials[8:]]
     if sampler == "tpe":  # TPE learns the category: most of its later trials are onecycle
         assert later.count("onecycle") > len(later) / 2
+
+
+def params_of(t: replay.Table, row: int) -> dict:
+    """The configuration of table row `row` (its point back in the space's units)."""
+    out = {}
+    for name, x in zip(t.names, t.points[row], strict=True):
+        r = getattr(t.space, name)
+        out[name] = (math.exp(math.log(r.low) + x * (math.log(r.high) - math.log(r.low)))
+                     if r.log else r.low + x * (r.high - r.low))
+    return out
+
+
+def test_a_warm_replay_imports_the_earlier_search_and_runs_its_best_first():
+    """bench/warm.py: the earlier search reaches the replayed one as search.run passes it
+    (search/warm_start.py's mapping, OptunaSearch's history, points_to_evaluate)."""
+    from bench import warm
+    from search.warm_start import SOURCE_ATTR
+
+    t = small_table()
+    raw_rows = [{"params": params_of(t, i)} for i in range(len(t.val_acc))]
+    rows = np.array([0, 1, 2, 4, 5, 6, 7, 8])
+    history, points = warm.earlier_search(raw_rows, t.val_acc, t, rows, seed=0, k=6, top=2)
+    assert len(history) == 6 and all(h.user_attrs[SOURCE_ATTR] == "replay" for h in history)
+    best = sorted(history, key=lambda h: -h.value)[:2]
+    assert points == [h.params for h in best]
+    assert all(h.intermediate_values[t.epochs] == h.value for h in history)
+    m = replay.method("tpe", "tpe")
+    both = replay.replay(t, m, 0, budget_epochs=20, history=history, points=points)
+    ran = [{k: tr.params[k] for k in p} for tr, p in zip(both.trials, points, strict=False)]
+    assert ran == points  # the earlier best ran first
+    assert sum(SOURCE_ATTR in x.user_attrs for x in both.study.get_trials()) == 6
+    cold = replay.replay(t, m, 0, budget_epochs=20)
+    assert not any(SOURCE_ATTR in x.user_attrs for x in cold.study.get_trials())
+    assert [{k: tr.params[k] for k in points[0]} for tr in cold.trials[:2]] != points
+
+
+def test_a_table_of_a_lower_is_better_metric_is_replayed_negated():
+    raw = {"names": ["lr"], "space": SpaceConfig().model_dump(mode="json"), "epochs": 2,
+           "metric": "val_rmse", "mode": "min", "trial_overhead_s": 0.1,
+           "trials": [{"params": {"lr": 1e-3}, "val_rmse": [60.0, 55.0], "epoch_s": [1, 1]},
+                      {"params": {"lr": 1e-2}, "val_rmse": [70.0, math.nan], "epoch_s": [1, 1]}]}
+    t = replay.table(raw)
+    assert t.val_acc == [[-60.0, -55.0], [-70.0, -math.inf]]
+    assert replay.targets(t, (0.99,))[0.99] == -55.0
+
+
+def test_the_committed_tables_load():
+    """bench/curves/: the learning-curve tables RESULTS.md's replays rest on."""
+    from bench import curves
+
+    found = sorted(curves.FOLDER.glob("*.json.gz"))
+    assert {p.name for p in found} >= {"digits.json.gz", "digits28.json.gz",
+                                       "regression.json.gz", "charlm.json.gz"}
+    for path in found:
+        raw = curves.load(path)
+        t = replay.table(raw)
+        assert len(t.val_acc) >= 64 and t.epochs == raw["epochs"]
+        assert all(len(c) <= t.epochs for c in t.val_acc)
