@@ -20,6 +20,7 @@ import models
 import optim
 from search.config import TrialConfig
 from search.trial import data, image_task
+from search.trial.retune import retune
 from search.trial import task as task_
 
 if TYPE_CHECKING:
@@ -159,6 +160,9 @@ def train(cfg: TrialConfig, report: Report, resume: Checkpoint | None = None,
         if cuda and "cuda" in resume["rng"]:
             torch.cuda.set_rng_state(resume["rng"]["cuda"])
         start_epoch = resume["epoch"]
+        # The config's values over the loaded ones (PBT's explored values; a plain resume's
+        # are the same): the state stays as loaded.
+        retune(opt, schedule, cfg.optimizer)
     step_model = parallel.wrap(model) if parallel is not None else model
     step_model = torch.compile(step_model) if cfg.train.compile else step_model
     # Ranks evaluate with the bare model: DDP's forward is a collective.
@@ -174,7 +178,7 @@ def train(cfg: TrialConfig, report: Report, resume: Checkpoint | None = None,
         model.train()
         if parallel is not None:
             parallel.dropout_seed(cfg.train.seed, epoch)
-        lr = schedule.get_last_lr()[0]
+        lr = opt.param_groups[0]["lr"]  # the schedule's, retuned or not
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         seen = 0
