@@ -31,10 +31,8 @@ def draw(r: Range, rng: random.Random) -> Any:
         return rng.choice(r.choices)
     lo, hi = r.bounds()
     if r.log:
-        value = math.exp(rng.uniform(math.log(lo), math.log(hi)))
-    else:
-        value = rng.uniform(lo, hi)
-    return fit(r, value)
+        return fit(r, math.exp(rng.uniform(math.log(lo), math.log(hi))))
+    return fit(r, rng.uniform(lo, hi))
 
 
 def fit(r: Range, value: float) -> float | int:

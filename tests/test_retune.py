@@ -12,7 +12,7 @@ from torch.testing import assert_close
 
 from optim import lowmem
 from search.config import OptimizerConfig, TrainConfig, TrialConfig
-from search.trial.retune import base_rate, hyperparameters, retune
+from search.trial.retune import hyperparameters, retune
 from search.trial.trainer import build_optimizer, build_schedule
 
 DONOR = dict(lr=3e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0)

@@ -20,8 +20,8 @@ import models
 import optim
 from search.config import TrialConfig
 from search.trial import data, image_task
-from search.trial.retune import retune
 from search.trial import task as task_
+from search.trial.retune import retune
 
 if TYPE_CHECKING:
     from search.trial.distributed.ranks import Ranks
