@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PositiveFloat,
     Tag,
     ValidationError,
     field_validator,
@@ -295,10 +296,12 @@ class SearchSection(Section):
     # their folders (runs/NAME), Optuna studies ({optuna_storage: URL, study: NAME}) or
     # MLflow experiments ({mlflow_experiment: NAME, tracking_uri: URI}). Their K best
     # completed configurations run first; with `warm_start_history` every finished trial of
-    # theirs that fits this space joins the study, for the sampler to model.
+    # theirs that fits this space joins the study, for the sampler to model. History is off
+    # by default: replayed (bench/RESULTS.md), it made TPE and GP up to 4.7x slower when the
+    # source was another task, and added nothing to the top-K's gain on the same task.
     warm_start: list[WarmEntry] = []
     warm_start_top: int = Field(2, ge=0)
-    warm_start_history: bool = True
+    warm_start_history: bool = False
     # Adam's textbook defaults make a good first point.
     # Keys as in space: short Adam names or dotted paths.
     points_to_evaluate: list[dict[str, Any]] = [
@@ -307,7 +310,11 @@ class SearchSection(Section):
 
 
 class SchedulerConfig(Section):
-    name: Literal["asha", "fifo"] = "asha"
+    # asha: Ray's ASHA stops weak trials early; fifo: every trial trains the full budget;
+    # pbt: population-based training (search/pbt_scheduler.py), the population of
+    # search.num_samples trains together and every `perturbation_interval` epochs the weakest
+    # `quantile_fraction` copy a top member's weights and Adam state and explore its values.
+    name: Literal["asha", "fifo", "pbt"] = "asha"
     grace_period: int = Field(1, ge=1)  # epochs every trial gets before it can be pruned
     # 4: of 2, 3 and 4 (grace 1 and 2), the one whose replays never lost the top targets
     # (bench/RESULTS.md, 2026-11-27).
@@ -315,6 +322,14 @@ class SchedulerConfig(Section):
     # Ray's ASHA with this many Hyperband-style brackets (bracket s starts judging at
     # grace_period * reduction_factor**s epochs); 1: plain ASHA.
     brackets: int = Field(1, ge=1)
+    # PBT (Ray's PopulationBasedTraining's own defaults, with the interval in epochs).
+    perturbation_interval: int = Field(2, ge=1)
+    quantile_fraction: float = Field(0.25, gt=0, le=0.5)
+    resample_probability: float = Field(0.25, ge=0, le=1)
+    perturbation_factors: tuple[PositiveFloat, PositiveFloat] = (1.2, 0.8)
+    # true: every member waits at each interval for the whole population (needs all of it
+    # running at once); false: each member is judged when it reaches an interval.
+    synch: bool = False
 
 
 class ResourcesConfig(Section):
@@ -400,6 +415,33 @@ class SearchConfig(TrialConfig):
                 f"scheduler.grace_period {self.scheduler.grace_period} > "
                 f"train.epochs {self.train.epochs}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _pbt_can_work(self) -> SearchConfig:
+        """PBT configs that could never perturb, or would wait forever."""
+        s, sch = self.search, self.scheduler
+        if sch.name != "pbt":
+            return self
+        if sch.perturbation_interval >= self.train.epochs:
+            raise ValueError(f"scheduler.perturbation_interval {sch.perturbation_interval} >= "
+                             f"train.epochs {self.train.epochs}: no member would ever be "
+                             "perturbed")
+        if s.num_samples < 2:
+            raise ValueError(f"search.num_samples {s.num_samples}: a PBT population needs at "
+                             "least 2 members")
+        if sch.synch and s.max_concurrent < s.num_samples:
+            raise ValueError(f"search.max_concurrent {s.max_concurrent} < search.num_samples "
+                             f"{s.num_samples} with scheduler.synch: true; synchronous PBT "
+                             "runs the whole population at once")
+        if s.sampler != "random":
+            raise ValueError(f"search.sampler {s.sampler} with scheduler.name pbt: PBT's "
+                             "population is drawn at random (seeded by search.seed), and it "
+                             "then explores by itself; use search.sampler: random, or asha "
+                             "or fifo to have TPE or GP choose the trials")
+        if self.resources.distributed:
+            raise ValueError(f"resources.workers_per_trial {self.resources.workers_per_trial} "
+                             "with scheduler.name pbt: PBT runs one-worker trials")
         return self
 
     @model_validator(mode="after")

@@ -35,7 +35,8 @@ HERE = {
 
 
 def config(raw: dict, **search) -> SearchConfig:
-    raw = {**raw, "search": {**raw["search"], **search}}
+    """A config with its warm-start history on (off by default) unless `search` says."""
+    raw = {**raw, "search": {"warm_start_history": True, **raw["search"], **search}}
     return SearchConfig.model_validate(raw)
 
 
@@ -98,6 +99,12 @@ def test_sources_are_read_ranked_imported_and_refused_before_ray(tmp_path):
     study = optuna.create_study(direction="maximize")
     study.add_trials(warm.history)
     study.optimize(lambda t: DefineByRun(here.space)(t) and 0.5, n_trials=1)
+    # By default (bench/RESULTS.md) only the top K carry over, and a line says so.
+    plain = SearchConfig.model_validate({**HERE, "search": {**HERE["search"],
+                                                            "warm_start": [str(src)]}})
+    warm = warm_start.load(plain, tmp_path / "runs" / "second")
+    assert [p["lr"] for p in warm.top] == [4e-3, 3e-3] and warm.history == []
+    assert warm.lines[-1] == "history not given to the sampler (search.warm_start_history)"
 
     def refused(sources, match, **search):
         with pytest.raises(ConfigError, match=match):
@@ -139,7 +146,8 @@ def test_a_search_warm_started_from_a_finished_one_runs_its_best_first(search, t
 data: {{dataset: digits}}
 model: {{name: mlp}}
 train: {{epochs: 2}}
-search: {{num_samples: 3, max_concurrent: 1, warm_start: [{source}], warm_start_top: 2}}
+search: {{num_samples: 3, max_concurrent: 1, warm_start: [{source}], warm_start_top: 2,
+         warm_start_history: true}}
 scheduler: {{name: fifo}}
 """)
     proc = run_module("search.run", "conf.yaml", "--name", "second", cwd=tmp_path)
@@ -181,7 +189,7 @@ def test_a_study_and_an_experiment_give_what_the_search_folder_gives(search, tmp
     folder, _, _ = search
     src = folder / "runs" / "e2e"
     raw = yaml.safe_load((src / "search.yaml").read_text())
-    raw["search"]["warm_start_top"] = 3
+    raw["search"].update(warm_start_top=3, warm_start_history=True)
 
     def loaded(source) -> warm_start.Warm:
         cfg = SearchConfig.model_validate(
