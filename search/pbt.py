@@ -9,17 +9,21 @@ keys rounded and stepped keys put back on their grid, each clipped to its bounds
 range instead. Conditional keys follow their condition: one whose condition no longer
 holds is dropped, one that now holds is drawn. Pure functions of the sample and a seeded
 `random.Random`, so a resumed search that restores the stream makes the same choices.
+
+Only what can change while training explores (`explorable`): Adam's values and the
+gradient clip. The rest is what the weights were trained with, and stays the donor's.
 """
 
 from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from typing import Any
 
 from search.config import SpaceConfig
 from search.space import holds
-from search.space_rules import Range, check_conditions
+from search.space_rules import ADAM_KEYS, Range, check_conditions
 
 
 def draw(r: Range, rng: random.Random) -> Any:
@@ -57,10 +61,13 @@ def perturb(r: Range, value: float, factor: float) -> float | int:
 
 
 def explore(sample: dict[str, Any], space: SpaceConfig, rng: random.Random,
-            factors: tuple[float, ...] = (1.2, 0.8),
-            resample_probability: float = 0.25) -> tuple[dict[str, Any], dict[str, str]]:
+            factors: tuple[float, ...] = (1.2, 0.8), resample_probability: float = 0.25,
+            keep: Callable[[str], bool] = lambda name: False,
+            ) -> tuple[dict[str, Any], dict[str, str]]:
     """The donor's `sample` explored for the member that copies it: the new sample, and
-    what happened to each key (`* 1.2`, `resample`, `new`; a dropped key is absent)."""
+    what happened to each key (`* 1.2`, `resample`, `new`; a dropped key is absent).
+    Keys for which `keep` is true keep the donor's value (what the weights were trained
+    with: a model's width, the data, the schedule)."""
     keys = space.keys()
     new: dict[str, Any] = {}
     how: dict[str, str] = {}
@@ -70,6 +77,8 @@ def explore(sample: dict[str, Any], space: SpaceConfig, rng: random.Random,
             continue
         if r.fixed:
             new[name] = r.candidates()[0]
+        elif keep(name) and name in sample:
+            new[name] = sample[name]
         elif name not in sample:
             new[name], how[name] = draw(r, rng), "new"
         elif r.categorical or rng.random() < resample_probability:
@@ -78,3 +87,14 @@ def explore(sample: dict[str, Any], space: SpaceConfig, rng: random.Random,
             factor = rng.choice(factors)
             new[name], how[name] = perturb(r, sample[name], factor), f"* {factor:g}"
     return new, how
+
+
+# What a member can change while it trains: the values `retune` puts on a loaded optimizer,
+# and the gradient clip. A model's or the data's keys, the batch, the schedule's shape and
+# the optimizer's kind or state layout stay as the copied weights were trained with.
+EXPLORABLE = frozenset({*ADAM_KEYS, *ADAM_KEYS.values(), "train.grad_clip"})
+
+
+def explorable(name: str) -> bool:
+    """Whether PBT explores the key `name` (the others are copied from the donor)."""
+    return name in EXPLORABLE

@@ -192,7 +192,10 @@ def trainable(cfg: SearchConfig, path: str, trial: Callable[..., None] = run_tri
     (the search's folder or URI) whose workers ask for the resources."""
     s, r = cfg.scheduler, cfg.resources
     rungs = (rung_epochs(s.grace_period, s.reduction_factor, cfg.train.epochs)
-             if s.name == "asha" else ())
+             if s.name == "asha" else
+             # PBT saves and copies members at every interval: a checkpoint must be there.
+             tuple(range(s.perturbation_interval, cfg.train.epochs, s.perturbation_interval))
+             if s.name == "pbt" else ())
     common = dict(base=cfg.trial(), rungs=rungs,
                   checkpoint_period_s=cfg.search.checkpoint_period_s)
     if trial is run_trial:  # the search's metric in every result, whatever the task reports
@@ -242,9 +245,15 @@ def build_tuner(cfg: SearchConfig, storage: str, name: str, tracking: TrackingCa
         storage=optuna_search.storage(s.optuna_storage, local_folder(storage, name)),
         study_name=name,
     )
-    scheduler = strategy.scheduler(cfg.scheduler, cfg.train.epochs)
-    search_alg = lifecycle.generator(searcher, min(s.max_concurrent,
-                                                   max_concurrent or s.max_concurrent))
+    scheduler = strategy.scheduler(cfg.scheduler, cfg.train.epochs, cfg)
+    concurrent = min(s.max_concurrent, max_concurrent or s.max_concurrent)
+    if cfg.scheduler.name == "pbt":
+        # The whole population at once: members take turns on the resources at each
+        # interval (Ray's PBT pauses one that reaches it while others wait).
+        concurrent = s.num_samples
+    search_alg = lifecycle.generator(searcher, concurrent)
+    if cfg.scheduler.name == "pbt":  # each exploit tagged on its member's MLflow run
+        tracking.exploits = scheduler.exploits
     life = lifecycle.Lifecycle(lifecycle.Limits.of(s), s.metric, s.mode, cfg.train.epochs,
                                search_alg)
     return tune.Tuner(

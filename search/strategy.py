@@ -7,10 +7,12 @@ exactly what a live search runs.
 - Samplers (Optuna's own): `tpe` (multivariate TPE, random for the first
   `n_startup_trials`), `gp` (Gaussian-process sampler, suited to low-dimensional continuous
   spaces), `random`.
-- Schedulers (Ray's own): `fifo` (every trial trains the full budget) and `asha` (Ray's
-  ASHAScheduler on the `epoch` attribute). With `brackets > 1` ASHA runs Hyperband-style
-  brackets asynchronously: bracket s judges first at grace_period * rf**s epochs, and Ray
-  assigns each new trial to a bracket at random (softmax over the brackets' rung counts).
+- Schedulers (Ray's own): `fifo` (every trial trains the full budget), `asha` (Ray's
+  ASHAScheduler on the `epoch` attribute) and `pbt` (Ray's PopulationBasedTraining with
+  our population and explore step, search/pbt_scheduler.py). With `brackets > 1` ASHA runs
+  Hyperband-style brackets asynchronously: bracket s judges first at grace_period * rf**s
+  epochs, and Ray assigns each new trial to a bracket at random (softmax over the brackets'
+  rung counts).
   Optuna's own pruners cannot act under Tune (Ray's OptunaSearch hard-codes NopPruner), so
   Hyperband comes from Ray's scheduler, not from Optuna's HyperbandPruner.
 """
@@ -20,7 +22,7 @@ from __future__ import annotations
 import optuna
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
-from search.config import SchedulerConfig, SearchSection
+from search.config import SchedulerConfig, SearchConfig, SearchSection
 
 
 def sampler(search: SearchSection) -> optuna.samplers.BaseSampler:
@@ -34,8 +36,16 @@ def sampler(search: SearchSection) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=search.seed)
 
 
-def scheduler(config: SchedulerConfig, epochs: int) -> TrialScheduler:
-    """Ray's scheduler `config.name` names, over `epochs` epochs per trial."""
+def scheduler(config: SchedulerConfig, epochs: int,
+              search: SearchConfig | None = None) -> TrialScheduler:
+    """Ray's scheduler `config.name` names, over `epochs` epochs per trial (PBT also
+    needs the whole `search` config: its space and seed)."""
+    if config.name == "pbt":
+        if search is None:
+            raise ValueError("scheduler.name pbt needs the search's config")
+        from search.pbt_scheduler import PBT
+
+        return PBT(config, search.space, epochs, search.search.seed)
     if config.name == "asha":
         return ASHAScheduler(time_attr="epoch", max_t=epochs,
                              grace_period=config.grace_period,

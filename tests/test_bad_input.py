@@ -44,6 +44,15 @@ CASES = [
     ("--num-samples 0", GOOD, ["--num-samples", "0"], "search.num_samples"),
     ("grace_period > max_t", GOOD + "scheduler: {grace_period: 5}\n", [],
      "grace_period 5 > train.epochs 2"),
+    ("pbt interval as long as training", GOOD + "scheduler: {name: pbt}\n", [],
+     "scheduler.perturbation_interval 2 >= train.epochs 2"),
+    ("pbt population of one", GOOD + "scheduler: {name: pbt, perturbation_interval: 1}\n",
+     ["--num-samples", "1"], "search.num_samples 1: a PBT population needs at least 2"),
+    ("synchronous pbt not all at once", GOOD + "scheduler: {name: pbt, perturbation_interval: "
+     "1, synch: true}\nsearch: {num_samples: 4, max_concurrent: 2}\n", [],
+     "search.max_concurrent 2 < search.num_samples 4 with scheduler.synch: true"),
+    ("pbt with tpe", GOOD + "scheduler: {name: pbt, perturbation_interval: 1}\n"
+     "search: {sampler: tpe}\n", [], "search.sampler tpe with scheduler.name pbt"),
     ("unknown model", "model: {name: vgg}\n", [], "unknown model 'vgg'"),
     ("unknown dataset", "data: {dataset: imagenet}\n", [], "data.dataset"),
     ("unknown sampler", GOOD + "search: {sampler: grid}\n", [], "search.sampler"),

@@ -96,3 +96,19 @@ def test_a_resampled_log_key_is_log_uniform():
     logs = [math.log10(draw(r, rng)) for _ in range(4000)]
     assert statistics.median(logs) == pytest.approx(-2.5, abs=0.1)  # mid-way in decades
     assert min(logs) >= -4 and max(logs) <= -1
+
+
+def test_in_a_search_only_adams_values_and_the_clip_explore_the_rest_is_the_donors():
+    from search.pbt import explorable
+
+    rng = random.Random(3)
+    for _ in range(50):
+        new, how = explore(DONOR, SPACE, rng, resample_probability=0.5,
+                           keep=lambda k: not explorable(k))
+        assert set(how) <= {"lr", "beta1"}  # the searched Adam keys (the others are fixed)
+        assert {k: new[k] for k in ("train.schedule", "train.warmup_fraction",
+                                    "train.batch_size")} == \
+            {k: DONOR[k] for k in ("train.schedule", "train.warmup_fraction",
+                                   "train.batch_size")}
+    assert explorable("optimizer.weight_decay") and explorable("train.grad_clip")
+    assert not explorable("model.kwargs.width") and not explorable("train.batch_size")

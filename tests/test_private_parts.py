@@ -143,3 +143,20 @@ def test_a_tuner_and_rays_search_generator_keep_what_lifecycle_reads(tmp_path):
     assert needs(gen, "_finished", reader) is False
     gen._total_samples, gen._finished = 5, False
     assert not gen.is_finished()
+
+
+def test_rays_pbt_keeps_what_our_pbt_scheduler_overrides_and_reads():
+    import ray.tune.schedulers.pbt as ray_pbt
+    from ray.tune.schedulers import PopulationBasedTraining
+
+    reader = ("search/pbt_scheduler.py (draws PBT's donors from our seeded stream, "
+              "explores with search/pbt.py, skips Ray's refusal of a searcher)")
+    assert needs(ray_pbt, "random", reader) is __import__("random")
+    needs(ray_pbt, "_PBTTrialState", reader)
+    for method in ("_checkpoint_or_exploit", "_get_new_config", "on_trial_add",
+                   "on_trial_result"):
+        needs(PopulationBasedTraining, method, reader)
+    pbt = PopulationBasedTraining(time_attr="epoch", custom_explore_fn=lambda c: c)
+    for attr in ("_trial_state", "_time_attr", "_perturbation_factors",
+                 "_resample_probability"):
+        needs(pbt, attr, reader)

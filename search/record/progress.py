@@ -63,10 +63,14 @@ class Progress(tune.Callback):
     def __init__(self, metric: str, mode: str, epochs: int, num_samples: int) -> None:
         self.metric, self.mode, self.epochs, self.num_samples = metric, mode, epochs, num_samples
         self.ended: dict[str, str] = {}  # trial id -> outcome
+        self.seen: set[str] = set()  # trials whose start was logged
         self.best: tuple[float, str] | None = None
         self.start = time.monotonic()
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        if trial.trial_id in self.seen:  # a PBT member's next turn: its exploit was logged
+            return
+        self.seen.add(trial.trial_id)
         log.info("trial %s started: %s", trial.trial_id,
                  sample_line(trial_params(trial.config)))
 

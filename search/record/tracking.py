@@ -99,9 +99,15 @@ def search_params(cfg: SearchConfig) -> dict[str, str]:
                                    if s.sampler in ("tpe", "gp") else "") + ")")
     params["search.trials"] = f"{s.num_samples}, {s.max_concurrent} at a time"
     params["search.metric"] = f"{s.metric} ({s.mode})"
-    params["scheduler"] = (f"asha (grace {sch.grace_period}, reduction {sch.reduction_factor:g}"
-                           + (f", {sch.brackets} brackets" if sch.brackets > 1 else "") + ")"
-                           if sch.name == "asha" else sch.name)
+    params["scheduler"] = (
+        f"asha (grace {sch.grace_period}, reduction {sch.reduction_factor:g}"
+        + (f", {sch.brackets} brackets" if sch.brackets > 1 else "") + ")"
+        if sch.name == "asha" else
+        f"pbt (every {sch.perturbation_interval} epochs, quantile {sch.quantile_fraction:g}, "
+        f"resample {sch.resample_probability:g}, factors "
+        f"{'/'.join(f'{f:g}' for f in sch.perturbation_factors)}"
+        f"{', synch' if sch.synch else ''})"
+        if sch.name == "pbt" else sch.name)
     params.update({"model.name": cfg.model.name,
                    **({"data.dataset": cfg.data.dataset} if cfg.train.task is None else
                       {"train.task": cfg.train.task}),
@@ -632,6 +638,11 @@ class TrackingCallback(tune.Callback):
         self.epochs = epochs
         self.tracker: Tracker | None = None
         self.reconciled = False  # MLflow's runs checked against Ray's trials
+        # Under PBT, the scheduler's list of exploits (search/pbt_scheduler.py), each
+        # tagged on its receiving run; how many of each trial's are tagged.
+        self.exploits: list = []
+        self.tagged: dict[str, int] = {}
+        self.started: set[str] = set()  # trials started by this driver
 
     def __getstate__(self) -> dict[str, Any]:
         # Ray pickles its callbacks into the search's storage (tuner.pkl, a shared folder or
@@ -688,6 +699,16 @@ class TrackingCallback(tune.Callback):
                         end=end, status=status), load
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        mine = [e for e in getattr(self, "exploits", []) if e.trial == trial.trial_id]
+        done = self.tagged.get(trial.trial_id, 0)
+        for n, exploit in enumerate(mine[done:], start=done + 1):
+            # What a member continued from: MLflow keeps its first params (they cannot
+            # change); its values per epoch are metrics.
+            self.tracker.tag_trial(trial.trial_id, f"pbt.exploit.{n}", exploit.line())
+        self.tagged[trial.trial_id] = len(mine)
+        if trial.trial_id in self.started:  # a PBT member's next turn, or a retry
+            return
+        self.started.add(trial.trial_id)
         params = trial_params(trial.config)
         # The run's name says what it tried: `c57f6e80 lr=0.001 beta1=0.9 ...`
         self.tracker.start_trial(trial.trial_id, f"{trial.trial_id} {sample_line(params)}",

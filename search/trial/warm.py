@@ -115,6 +115,8 @@ def quiet_train_logs() -> None:
     """Ray Train's per-report INFO lines and the cleaner's retries, kept out of the output."""
     import importlib.util
 
+    # A PBT member's every turn restores a checkpoint: "Restored on 10.0.0.1 from ...".
+    logging.getLogger("ray.tune.trainable.trainable").setLevel(logging.WARNING)
     for module in NOISY_TRAIN_MODULES:
         logging.getLogger(module).setLevel(logging.ERROR)
         with contextlib.suppress(ImportError, AttributeError, ValueError):
