@@ -253,7 +253,7 @@ def build_tuner(cfg: SearchConfig, storage: str, name: str, tracking: TrackingCa
         concurrent = s.num_samples
     search_alg = lifecycle.generator(searcher, concurrent)
     if cfg.scheduler.name == "pbt":  # each exploit tagged on its member's MLflow run
-        tracking.exploits = scheduler.exploits
+        tracking.exploits, tracking.pbt = scheduler.exploits, True
     life = lifecycle.Lifecycle(lifecycle.Limits.of(s), s.metric, s.mode, cfg.train.epochs,
                                search_alg)
     return tune.Tuner(

@@ -32,6 +32,7 @@ scheduler: {name: pbt, perturbation_interval: 2, synch: true}
     [(member, donor, epoch, changes)] = EXPLOIT.findall(proc.stdout)
     assert epoch == "2" and member != donor
     new_lr = float(re.search(r"\blr \S+ -> (\S+) \(", changes).group(1))
+    new_beta1 = float(re.search(r"\bbeta1 \S+ -> (\S+) \(", changes).group(1))
     started = dict(re.findall(r"^trial (\w+) started: lr=(\S+) ", proc.stdout, re.M))
     assert set(started) >= {member, donor} and len(started) == 4  # each member starts once
 
@@ -49,6 +50,9 @@ scheduler: {name: pbt, perturbation_interval: 2, synch: true}
     assert [m.value for m in lr][2:] == pytest.approx([new_lr] * 2, rel=1e-2)
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == \
         [1, 2, 3, 4]
+    beta1 = client.get_metric_history(run.info.run_id, "beta1")  # Adam's values per epoch
+    assert [m.step for m in beta1] == [1, 2, 3, 4]
+    assert [m.value for m in beta1][2:] == pytest.approx([new_beta1] * 2, rel=1e-4)
     # Ray's own record of the member agrees: epochs 1-4 once each, 3 and 4 after the copy.
     rows = [json.loads(line) for line in
             (tmp_path / "runs" / "pbt" / f"trial_{member}" / "result.json").read_text()

@@ -49,7 +49,8 @@ def test_a_regression_task_trains_and_reports_its_own_metrics():
     metrics, checkpoints = history(regression())
     assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]
     first, last = metrics[0], metrics[-1]
-    assert set(last) == {"epoch", "train_loss", "val_rmse", "val_mae", "lr", "diverged"}
+    assert set(last) == {"epoch", "train_loss", "val_rmse", "val_mae", "lr", "diverged",
+                         "beta1", "beta2", "eps", "weight_decay"}
     assert last["val_rmse"] < first["val_rmse"] and not last["diverged"]
     assert 40 < last["val_rmse"] < 100  # the target's units (25..346)
     spec = checkpoints[-1]["model_spec"]
@@ -360,7 +361,11 @@ def loop_before_tasks(cfg: TrialConfig) -> list[dict]:
 ])
 def test_a_seeded_digits_trial_keeps_its_exact_numbers(raw):
     cfg = TrialConfig.model_validate({**raw, "train": {**raw["train"], "device": "cpu"}})
-    now = []
-    train(cfg, lambda m, c: now.append({k: v for k, v in m.items()
-                                        if k not in ("epoch_s", "images_per_s")}))
+    now, adam = [], []
+    adam_keys = ("beta1", "beta2", "eps", "weight_decay")
+    train(cfg, lambda m, c: (now.append({k: v for k, v in m.items() if k not in
+                                         ("epoch_s", "images_per_s", *adam_keys)}),
+                             adam.append(tuple(m[k] for k in adam_keys))))
     assert now == loop_before_tasks(cfg)  # bitwise: every float equal
+    o = cfg.optimizer  # Adam's values as each epoch trained with them (PBT changes them)
+    assert set(adam) == {(o.beta1, o.beta2, o.eps, o.weight_decay)}

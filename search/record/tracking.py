@@ -56,10 +56,16 @@ def is_tracked(key: str) -> bool:
     return key in OWN_METRICS or key.startswith("val_") or key.endswith("_per_s")
 
 
-def tracked(result: dict[str, Any]) -> dict[str, float]:
-    """The tracked metrics of a result, as floats (numbers only)."""
+# Adam's values per epoch (besides lr), tracked where they change along the way (PBT).
+ADAM_VALUES = ("beta1", "beta2", "eps", "weight_decay")
+
+
+def tracked(result: dict[str, Any], also: tuple[str, ...] = ()) -> dict[str, float]:
+    """The tracked metrics of a result, and the keys `also` names, as floats (numbers
+    only)."""
     return {k: float(v) for k, v in result.items()
-            if is_tracked(k) and isinstance(v, (int, float)) and not isinstance(v, bool)}
+            if (is_tracked(k) or k in also) and isinstance(v, (int, float))
+            and not isinstance(v, bool)}
 
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
 NOTE_TAG = "mlflow.note.content"  # a run's Markdown description in the MLflow UI
@@ -479,8 +485,9 @@ class Tracker:
         self.submit(create)
         self.submit(log_params)
 
-    def log_epoch(self, trial_id: str, metrics: dict[str, Any]) -> None:
-        values = tracked(metrics)
+    def log_epoch(self, trial_id: str, metrics: dict[str, Any],
+                  also: tuple[str, ...] = ()) -> None:
+        values = tracked(metrics, also)
         self.submit(RunUpdate(trial_id, int(metrics["epoch"]), values,
                               timestamp_ms=int(time.time() * 1000)))
 
@@ -641,6 +648,7 @@ class TrackingCallback(tune.Callback):
         # Under PBT, the scheduler's list of exploits (search/pbt_scheduler.py), each
         # tagged on its receiving run; how many of each trial's are tagged.
         self.exploits: list = []
+        self.pbt = False  # Adam's values logged every epoch
         self.tagged: dict[str, int] = {}
         self.started: set[str] = set()  # trials started by this driver
 
@@ -722,7 +730,9 @@ class TrackingCallback(tune.Callback):
         if result.get("iterations_since_restore") == 1 and result["epoch"] > 1:
             # The first result after a retry, continuing from a checkpoint.
             self.tracker.tag_trial(trial.trial_id, "resumed_from_epoch", str(result["epoch"] - 1))
-        self.tracker.log_epoch(trial.trial_id, result)
+        # Under PBT Adam's values change along the way: the charts show each schedule.
+        self.tracker.log_epoch(trial.trial_id, result,
+                               ADAM_VALUES if getattr(self, "pbt", False) else ())
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
         self.tracker.tag_trial(trial.trial_id, "retries", str(trial.num_failures))

@@ -21,7 +21,7 @@ import optim
 from search.config import TrialConfig
 from search.trial import data, image_task
 from search.trial import task as task_
-from search.trial.retune import retune
+from search.trial.retune import hyperparameters, retune
 
 if TYPE_CHECKING:
     from search.trial.distributed.ranks import Ranks
@@ -43,6 +43,12 @@ def reported(val_metrics: tuple[str, ...], unit: str) -> tuple[str, ...]:
 
 
 METRICS = reported(image_task.METRICS, "images")  # an image classification trial's
+
+
+def adam_values(opt: torch.optim.Optimizer) -> Metrics:
+    """beta1, beta2, eps and weight decay as the epoch trained with them (PBT changes them
+    along the way; search/trial/retune.py)."""
+    return {k: v for k, v in hyperparameters(opt).items() if k != "lr"}
 
 
 def pick_device(name: str) -> torch.device:
@@ -213,7 +219,7 @@ def train(cfg: TrialConfig, report: Report, resume: Checkpoint | None = None,
                 scores = task_.check_metrics(cfg.train.task, scores)
         metrics = {"epoch": epoch, "train_loss": train_loss, **scores, "lr": lr,
                    "epoch_s": time.perf_counter() - t0, throughput: seen / train_s,
-                   "diverged": diverged}
+                   "diverged": diverged, **adam_values(opt)}
         if diverged:
             report(metrics, None)
             return metrics
