@@ -56,7 +56,7 @@ CASES = [
     ("unknown model", "model: {name: vgg}\n", [], "unknown model 'vgg'"),
     ("unknown dataset", "data: {dataset: imagenet}\n", [], "data.dataset"),
     ("unknown sampler", GOOD + "search: {sampler: grid}\n", [], "search.sampler"),
-    ("unknown scheduler", GOOD + "scheduler: {name: pbt}\n", [], "scheduler.name"),
+    ("unknown scheduler", GOOD + "scheduler: {name: median}\n", [], "scheduler.name"),
     ("point outside space", GOOD + "search: {points_to_evaluate: [{lr: 5.0}]}\n", [],
      "points_to_evaluate[0].lr 5.0 is outside"),
     ("--set unknown key", GOOD, ["--set", "optimizer.lrr=0.1"], "optimizer.lrr: unknown field"),
