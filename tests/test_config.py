@@ -45,7 +45,7 @@ BAD = [
     ("space: {eps: {value: 0}}", "eps must be > 0"),
     ("search: {num_samples: 0}", "search.num_samples"),
     ("search: {sampler: grid}", "search.sampler"),
-    ("scheduler: {name: pbt}", "scheduler.name"),
+    ("scheduler: {name: median}", "scheduler.name"),
     ("train: {epochs: 2}\nscheduler: {grace_period: 3}", "grace_period 3 > train.epochs 2"),
 ]
 
