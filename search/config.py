@@ -23,6 +23,7 @@ from pydantic import (
     Tag,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -157,6 +158,25 @@ class OptimizerConfig(Section):
         return self
 
 
+class Phase(Section):
+    """From `epoch` on, Adam's values and the gradient clip given here (PBT's winning
+    schedule in best.yaml, issue 26); a value not given stays as it was, and
+    `grad_clip: null` given turns clipping off."""
+
+    epoch: int = Field(ge=2)
+    lr: float | None = Field(None, gt=0)
+    beta1: float | None = Field(None, ge=0, lt=1)
+    beta2: float | None = Field(None, ge=0, lt=1)
+    eps: float | None = Field(None, gt=0)
+    weight_decay: float | None = Field(None, ge=0)
+    grad_clip: float | None = Field(None, gt=0)
+
+    @model_serializer(mode="wrap")
+    def _given_only(self, handler: Any) -> dict[str, Any]:
+        # What was not given stays as it was: written back, it must stay not given.
+        return {k: v for k, v in handler(self).items() if k in self.model_fields_set}
+
+
 class TrainConfig(Section):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1)
@@ -171,6 +191,19 @@ class TrainConfig(Section):
     # classification of `data.dataset` (search/trial/image_task.py).
     task: str | None = None
     task_kwargs: dict[str, Any] = {}  # passed to the task's constructor besides `device`
+    # A schedule of Adam's values over the epochs: the values above until the first phase.
+    phases: list[Phase] = []
+
+    @model_validator(mode="after")
+    def _phases_in_order(self) -> TrainConfig:
+        last = 1
+        for i, phase in enumerate(self.phases):
+            if phase.epoch <= last or phase.epoch > self.epochs:
+                raise ValueError(f"phases[{i}].epoch {phase.epoch}: phases start at epochs "
+                                 f"in increasing order, from 2 to train.epochs "
+                                 f"({self.epochs})")
+            last = phase.epoch
+        return self
 
     @field_validator("task")
     @classmethod
@@ -580,4 +613,6 @@ def dump(config: Section) -> str:
     raw = config.model_dump(mode="json")
     if raw.get("code") == []:  # only plug-in searches have code folders to name
         del raw["code"]
+    if raw.get("train", {}).get("phases") == []:  # only PBT's best.yaml has phases
+        del raw["train"]["phases"]
     return yaml.safe_dump(raw, sort_keys=False)

@@ -13,10 +13,20 @@ This subclass changes three things:
   bounds and grids kept, categorical keys resampled), only Adam's values and the gradient
   clip explored, the rest copied from the donor; the exploiting member's trial reloads the
   donor's weights and Adam state and puts the new values on it (search/trial/retune.py).
-- **Its choices come from one seeded stream** (`random.Random(search.seed)`): the donor a
-  member copies and the values it explores, instead of Python's global `random`.
+- **Its choices are seeded**: the donor a member copies and the values it explores are
+  drawn from a stream of their own for each (`search.seed`, member, epoch), instead of
+  Python's global `random`. The same scores give the same choices, whatever order the
+  members report in and whether or not the driver was restarted in between.
 
 Each exploit is logged as a progress line and kept in `exploits` (the lineage).
+
+Ray rebuilds the scheduler empty on `Tuner.restore` (ray-project/ray#30838): a resumed
+PBT would judge every member at its first result, its perturbation times forgotten, and a
+synchronous one would wait on members it had already paused. `PBTState` is a Tune callback
+whose state is this scheduler's (per member: score, last result, last perturbation and
+train epochs; the next synchronous perturbation; the lineage): Ray saves it with every
+experiment snapshot and hands it back before the trials are re-added, as for ASHA's rungs
+(search/asha.py).
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray.tune.schedulers.pbt as ray_pbt
+from ray.tune import Callback
 from ray.tune.schedulers import PopulationBasedTraining
 
 from search.config import SchedulerConfig, SpaceConfig
@@ -36,6 +47,10 @@ from search.pbt import explorable, explore
 from search.space import fmt
 
 log = logging.getLogger("search.progress")
+
+
+#: The per-member fields of Ray's `_PBTTrialState` that a resumed search takes back.
+KEPT = ("orig_tag", "last_score", "last_perturbation_time", "last_train_time", "last_result")
 
 
 @dataclass
@@ -92,13 +107,31 @@ class PBT(PopulationBasedTraining):
             log_config=False,  # no pbt_policy_*.txt: the lineage is in `exploits`
             synch=cfg.synch,
         )
-        self.space, self.epochs = space, epochs
-        self.rng = random.Random(seed)
+        self.space, self.epochs, self.seed = space, epochs, seed
+        self.rng = random.Random(seed)  # this exploit's stream (`stream`)
         self.exploits: list[Exploit] = []
+        self.restored: dict[str, dict[str, Any]] = {}  # per trial id, from PBTState
+
+    def stream(self, trial, epoch: int) -> random.Random:
+        """The draws of `trial`'s exploit at `epoch`: seeded by the search's seed, the
+        member's number (the counter Ray's search generator starts its experiment tag with,
+        the same in every run of one config, unlike its random trial id) and the epoch; a
+        string seed is hashed by SHA-512, the same in any process."""
+        member = self._trial_state[trial].orig_tag.split("_", 1)[0]
+        return random.Random(f"{self.seed}/{member}/{epoch}")
 
     def on_trial_add(self, tune_controller, trial) -> None:
-        """Ray's, without its refusal of a searcher (ours draws the population)."""
-        self._trial_state[trial] = ray_pbt._PBTTrialState(trial)
+        """Ray's, without its refusal of a searcher (ours draws the population); a resumed
+        member gets back its state as saved (PBTState)."""
+        state = self._trial_state[trial] = ray_pbt._PBTTrialState(trial)
+        saved = self.restored.pop(trial.trial_id, None)
+        if saved is not None:
+            for key in KEPT:
+                setattr(state, key, saved[key])
+            # A top member's last checkpoint, for the members that copy it before it is
+            # judged again: Ray restored its latest one.
+            if saved["had_checkpoint"]:
+                state.last_checkpoint = trial.checkpoint
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         """Ray's, except at a member's last epoch: it has finished, and is neither judged
@@ -119,6 +152,7 @@ class PBT(PopulationBasedTraining):
             if not upper_quantile:
                 self._trial_state[trial].last_checkpoint = None
                 return
+        self.rng = self.stream(trial, self._trial_state[trial].last_train_time)
         with donors_drawn_from(self.rng):
             super()._checkpoint_or_exploit(trial, tune_controller, upper_quantile,
                                            lower_quantile)
@@ -133,3 +167,44 @@ class PBT(PopulationBasedTraining):
         self.exploits.append(exploit)
         log.info("%s", exploit.line())
         return new, how
+
+
+class PBTState(Callback):
+    """Saves and restores `scheduler`'s state through Ray's experiment snapshots (see the
+    module): per member the fields in `KEPT` and whether it had a checkpoint to give, the
+    next synchronous perturbation epoch, Ray's counters and the lineage (`exploits`)."""
+
+    def __init__(self, scheduler: PBT) -> None:
+        # The same object as the Tuner's scheduler (both pickled in one tuner.pkl).
+        self.scheduler = scheduler
+        self._checked = False
+
+    def get_state(self) -> dict[str, Any]:
+        s = self.scheduler
+        return {
+            "members": {trial.trial_id: {**{k: getattr(state, k) for k in KEPT},
+                                         "had_checkpoint": state.last_checkpoint is not None}
+                        for trial, state in s._trial_state.items()},
+            "next_sync": s._next_perturbation_sync,
+            "counts": (s._num_perturbations, s._num_checkpoints),
+            "exploits": list(s.exploits),
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        s = self.scheduler
+        s.restored = dict(state["members"])
+        s._next_perturbation_sync = state["next_sync"]
+        s._num_perturbations, s._num_checkpoints = state["counts"]
+        s.exploits[:] = state["exploits"]  # in place: the tracking callback holds the list
+
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        """At a resumed search's first step, forget what the snapshot's trials do not have
+        (storage may hold this state from a newer snapshot than Ray's trials, as for
+        ASHA's rungs)."""
+        if self._checked:
+            return
+        self._checked = True
+        known = {t.trial_id for t in trials}
+        self.scheduler.restored.clear()
+        self.scheduler.exploits[:] = [e for e in self.scheduler.exploits
+                                      if e.trial in known and e.donor in known]

@@ -20,7 +20,6 @@ from typing import Any
 import ray
 import yaml
 from ray import tune
-from ray.tune.logger import JsonLoggerCallback
 
 from search import (
     cluster,
@@ -40,6 +39,7 @@ from search.optuna_search import OptunaSearch
 from search.record import promotion, results
 from search.record.checkpoint_janitor import CheckpointJanitor
 from search.record.progress import Progress, setup_logging
+from search.record.result_log import ResultLog
 from search.record.store import local_tracking_uri
 from search.record.tracking import (
     DRAIN_S,
@@ -271,12 +271,11 @@ def build_tuner(cfg: SearchConfig, storage: str, name: str, tracking: TrackingCa
             stop=life.stopper(),  # when the search stops besides num_samples, and why
             callbacks=[
                 full_disk.StopWhenFull(),  # first: before the others count a retry
-                JsonLoggerCallback(),  # each trial's result.json
+                ResultLog(),  # each trial's result.json (Ray's JSON logger)
                 tracking,
                 CheckpointJanitor(),
                 Progress(s.metric, s.mode, cfg.train.epochs, s.num_samples),
-                # ASHA's rungs in Ray's experiment checkpoint, so --resume keeps them.
-                *([RungState(scheduler)] if cfg.scheduler.name == "asha" else []),
+                *kept_state(cfg.scheduler.name, scheduler),
                 optuna_search.KnownTrials(searcher),  # the study's trials, as Ray's
                 life,
                 results.PreloadTheEnd(model_logging=bool(cfg.mlflow.register_as)),
@@ -291,6 +290,19 @@ def build_tuner(cfg: SearchConfig, storage: str, name: str, tracking: TrackingCa
     )
 
 
+def kept_state(name: str, scheduler: Any) -> list[tune.Callback]:
+    """The callback that carries `scheduler`'s state in Ray's experiment snapshots, so
+    that --resume keeps it (Ray rebuilds the scheduler empty): ASHA's rungs, PBT's members
+    and lineage."""
+    if name == "asha":
+        return [RungState(scheduler)]
+    if name == "pbt":
+        from search.pbt_scheduler import PBTState
+
+        return [PBTState(scheduler)]
+    return []
+
+
 def library_settings(verbose: bool) -> None:
     """Settings of Ray and MLflow this command relies on (a user's own setting wins)."""
     env = os.environ.setdefault
@@ -298,7 +310,7 @@ def library_settings(verbose: bool) -> None:
     env("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     env("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     mlflow_settings()
-    # Ray's loggers: result.json is kept (JsonLoggerCallback, added in build_tuner); the CSV
+    # Ray's loggers: result.json is kept (ResultLog, added in build_tuner); the CSV
     # copy and TensorBoard event files, which nothing here reads, are not written.
     env("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     if not verbose:  # Ray's older reporter is silent at verbose=0; the newer one is not
@@ -430,7 +442,8 @@ def _fit(args, cfg: SearchConfig, storage: str, name: str, tracking: TrackingCal
         if "://" not in (cfg.search.optuna_storage or ""):
             optuna_search.mend_journal(cfg.search.optuna_storage, local_folder(storage, name))
         # Ray restores the searcher (with its Optuna study) and the callbacks' state; the
-        # scheduler comes back as configured, and RungState refills its rungs (search/asha.py).
+        # scheduler comes back as configured, and `kept_state`'s callback refills it (ASHA's
+        # rungs, PBT's members and lineage).
         if "://" in (cfg.search.optuna_storage or ""):  # its password, for the unpickled study
             optuna_search.remember(cfg.search.optuna_storage)
         tuner = tune.Tuner.restore(path, trainable=trainable(cfg, path))
@@ -462,10 +475,12 @@ def _fit(args, cfg: SearchConfig, storage: str, name: str, tracking: TrackingCal
     best_yaml, champion, crowned, why, unregistered = None, None, False, "", None
     failed = sum(r.outcome == "failed" for r in rows)
     folder = local_folder(storage, name)
-    pictures = results.draw(rows, cfg, best.trial_id if best else None, folder / "plots")
+    pbt = (results.PBTRecord.of(rows, cfg, best, tracking.exploits)
+           if best is not None and cfg.scheduler.name == "pbt" else None)
+    pictures = results.draw(rows, cfg, best.trial_id if best else None, folder / "plots", pbt)
     if best is not None:
         best_yaml = folder / BEST_CONFIG
-        text = results.write_best_yaml(cfg, best, best_yaml)
+        text = results.write_best_yaml(cfg, best, best_yaml, pbt.segments if pbt else ())
         if cfg.mlflow.register_as and result_checkpoint(best.result) is not None:
             if not tracker.drain(timeout_s=left()):  # the best trial's run must exist
                 raise RuntimeError(f"MLflow: {tracker.pending} writes not delivered in "
@@ -481,7 +496,7 @@ def _fit(args, cfg: SearchConfig, storage: str, name: str, tracking: TrackingCal
                        status="FAILED" if failed else "FINISHED",
                        description=results.search_description(
                            rows, cfg, best, champion, best_yaml, pictures.importance_line(),
-                           "" if crowned else why, stopped),
+                           "" if crowned else why, stopped, pbt),
                        importances=pictures.importances,
                        plots=str(folder / "plots") if pictures.paths else None)
     else:

@@ -160,3 +160,40 @@ def test_rays_pbt_keeps_what_our_pbt_scheduler_overrides_and_reads():
     for attr in ("_trial_state", "_time_attr", "_perturbation_factors",
                  "_resample_probability"):
         needs(pbt, attr, reader)
+
+
+def test_rays_pbt_state_is_what_pbtstate_saves_and_restores():
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import PopulationBasedTraining
+
+    from search.pbt_scheduler import KEPT
+
+    reader = ("search/pbt_scheduler.py's PBTState (carries PBT's state through --resume) "
+              "and PBT.stream (a member's number from its experiment tag)")
+    pbt = PopulationBasedTraining(time_attr="epoch", custom_explore_fn=lambda c: c)
+    assert needs(pbt, "_next_perturbation_sync", reader) == 60.0  # the default interval
+    assert needs(pbt, "_num_perturbations", reader) == needs(pbt, "_num_checkpoints",
+                                                               reader) == 0
+    import ray.tune.schedulers.pbt as ray_pbt
+
+    state = ray_pbt._PBTTrialState(Trial("__fake", stub=True, experiment_tag="3_lr=0.1"))
+    for attr in KEPT:
+        needs(state, attr, reader)
+    assert state.orig_tag.split("_", 1)[0] == "3"
+    # Ray's search generator starts a trial's experiment tag with its counter.
+    import inspect
+
+    from ray.tune.search.search_generator import SearchGenerator
+    source = inspect.getsource(SearchGenerator.create_trial_if_possible)
+    assert 'tag = "{0}_{1}".format(str(self._counter)' in source, reader
+
+
+def test_rays_json_logger_restores_result_json_where_resultlog_overrides_it():
+    import inspect
+
+    from ray.tune.logger import JsonLoggerCallback
+
+    reader = "search/record/result_log.py (no stale result.json over the driver's own)"
+    needs(JsonLoggerCallback, "_restore_from_remote", reader)
+    assert "self._restore_from_remote(EXPR_RESULT_FILE, trial)" in \
+        inspect.getsource(JsonLoggerCallback.log_trial_start), reader

@@ -102,10 +102,13 @@ class Plots:
     basis: Basis | None = None
     completed: int = 0
     needed: int = MIN_IMPORTANCE_TRIALS
+    skipped: str = ""  # why importances were not computed at all
 
     def importance_line(self) -> str:
         """The summary's line: the importances and what they rest on, or why there are
         none; '' when there were enough trials but no parameter varied."""
+        if self.skipped:
+            return self.skipped
         if self.importances:
             return importance_line(self.importances, self.basis)
         if self.basis is None:
@@ -731,10 +734,13 @@ def disagreement(importances: Mapping[str, Mapping[str, float]]) -> str:
 
 def draw_all(curves: Sequence[TrialCurve], metric: str, mode: str, best_id: str | None,
              log_params: Iterable[str], distributions: Mapping[str, BaseDistribution],
-             folder: str | Path, min_trials: int = MIN_IMPORTANCE_TRIALS) -> Plots:
+             folder: str | Path, min_trials: int = MIN_IMPORTANCE_TRIALS,
+             values_vary: str = "") -> Plots:
     """Write learning_curves.png, metric_vs_params.png and (when there are importances)
     importances.png into `folder`; return their paths and the importances, computed on the
-    deepest epoch at least `min_trials` trials reached (none below that).
+    deepest epoch at least `min_trials` trials reached (none below that). `values_vary`:
+    why a trial's params are not the values it trained with (PBT): only its learning
+    curves are drawn, and this is the importance line.
 
     Never raises for what a search leaves behind: degenerate input draws what it can, and a
     picture that fails anyway is logged and left out, since pictures are an extra to a search.
@@ -755,6 +761,8 @@ def draw_all(curves: Sequence[TrialCurve], metric: str, mode: str, best_id: str 
             log.exception("could not draw %s", path)
 
     attempt("learning_curves", lambda p: learning_curves(curves, metric, mode, best_id, p))
+    if values_vary:
+        return Plots(paths=paths, skipped=values_vary)
     attempt("metric_vs_params",
             lambda p: metric_vs_params(curves, metric, log_params, p, distributions))
     basis = importance_basis(curves, min_trials)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,7 +15,7 @@ from ray import tune
 from search import config as config_
 from search import space as space_
 from search.config import SearchConfig, TrialConfig
-from search.record import plots
+from search.record import lineage, plots, schedule_plot
 from search.record.progress import sample_line
 from search.record.store import CHAMPION_CHECKPOINT, LOCAL_UI, reopened, ui_link
 from search.record.tracking import Tracker, error_line, outcome, redact
@@ -119,13 +120,23 @@ def table(rows: list[TrialSummary], metric: str) -> Any:
     return pandas.DataFrame.from_records(records)
 
 
-def write_best_yaml(cfg: SearchConfig, best: TrialSummary, path: Path) -> str:
-    """The winner as a complete single-run config for `python -m search.train`."""
-    trial = trial_config(cfg, best.result.config)
+def write_best_yaml(cfg: SearchConfig, best: TrialSummary, path: Path,
+                    segments: Sequence[lineage.Segment] = ()) -> str:
+    """The winner as a complete single-run config for `python -m search.train`; under PBT
+    (`segments`: its lineage) the values it started with and `train.phases`, the schedule
+    its weights were trained under."""
+    values, later = lineage.phases(cfg, segments) if segments else (best.result.config, [])
+    trial = trial_config(cfg, values)
+    if later:
+        raw = trial.model_dump(mode="json")
+        raw["train"]["phases"] = later
+        trial = TrialConfig.model_validate(raw)
     text = (
         f"# Best trial {best.trial_id} of search {cfg.name!r}: "
         f"{cfg.search.metric} {best.value:.4f} after {best.epochs} epochs.\n"
-        f"# Retrain it: python -m search.train {path}\n" + config_.dump(trial)
+        + (f"# PBT: its weights' lineage, {lineage.describe(segments, ())}; train.phases "
+           f"replays its schedule.\n" if later else "")
+        + f"# Retrain it: python -m search.train {path}\n" + config_.dump(trial)
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -286,15 +297,51 @@ def curves(rows: list[TrialSummary], metric: str) -> list[plots.TrialCurve]:
 
 
 def draw(rows: list[TrialSummary], cfg: SearchConfig, best_id: str | None,
-         folder: Path) -> plots.Plots:
+         folder: Path, pbt: PBTRecord | None = None) -> plots.Plots:
     """The search's pictures in `folder` (learning curves, metric against each searched
-    hyperparameter, importances), with the importances. Never raises: a picture that
-    cannot be drawn is left out and logged."""
+    hyperparameter, importances), with the importances; under PBT (`pbt`), the learning
+    curves and the members' schedules instead. Never raises: a picture that cannot be
+    drawn is left out and logged."""
     distributions = space_.distributions(cfg.space)
     log_params = {n for n, d in distributions.items() if getattr(d, "log", False)}
     folder.mkdir(parents=True, exist_ok=True)
-    return plots.draw_all(curves(rows, cfg.search.metric), cfg.search.metric, cfg.search.mode,
-                          best_id, log_params, distributions, folder)
+    drawn = plots.draw_all(
+        curves(rows, cfg.search.metric), cfg.search.metric, cfg.search.mode, best_id,
+        log_params, distributions, folder,
+        values_vary="" if pbt is None else
+        "no importances or metric-against-value plots under PBT: a member's values change "
+        "as it trains (plots/pbt_schedules.png shows them)")
+    if pbt is not None:
+        path = folder / "pbt_schedules.png"
+        try:
+            schedule_plot.draw(pbt.schedules, pbt.segments, pbt.keys, path).clear()
+            drawn.paths["pbt_schedules"] = path
+        except Exception:
+            log.exception("could not draw %s", path)
+    return drawn
+
+
+@dataclass
+class PBTRecord:
+    """A PBT search's lineage, for best.yaml, the description and the schedules plot."""
+
+    segments: list[lineage.Segment]  # the winner's
+    schedules: dict[str, list[tuple[int, dict[str, Any]]]]  # each member's values per epoch
+    keys: list[str]  # the explored keys of the space
+
+    @classmethod
+    def of(cls, rows: list[TrialSummary], cfg: SearchConfig, best: TrialSummary,
+           exploits: Sequence[lineage.ExploitLike]) -> PBTRecord:
+        from search.pbt import explorable
+
+        configs = {r.trial_id: r.result.config for r in rows}
+        keys = [k for k, r in cfg.space.keys().items() if explorable(k) and not r.fixed]
+        return cls(lineage.lineage(best.trial_id, best.epochs, configs, exploits),
+                   {t: lineage.member_schedule(t, cfg.train.epochs, configs, exploits)
+                    for t in configs}, keys)
+
+    def line(self) -> str:
+        return lineage.describe(self.segments, self.keys)
 
 
 def _markdown_table(rows: list[TrialSummary], metric: str, limit: int = 10,
@@ -313,7 +360,8 @@ def _markdown_table(rows: list[TrialSummary], metric: str, limit: int = 10,
 
 def search_description(rows: list[TrialSummary], cfg: SearchConfig, best: TrialSummary,
                        champion: str | None, best_yaml: Path,
-                       importance: str, kept: str = "", stopped: str = "") -> str:
+                       importance: str, kept: str = "", stopped: str = "",
+                       pbt: PBTRecord | None = None) -> str:
     """The parent run's Markdown description: what was searched, who won and why, how to
     retrain it, where the model is, and the top of the table."""
     second = second_metric(cfg)
@@ -330,6 +378,9 @@ def search_description(rows: list[TrialSummary], cfg: SearchConfig, best: TrialS
         "",
         f"**Retrain**: `python -m search.train {best_yaml}`",
     ]
+    if pbt is not None:
+        lines += ["", f"**PBT lineage** (whose weights and values the winner trained with, "
+                      f"epoch by epoch; best.yaml's `train.phases` replay it): {pbt.line()}"]
     if champion and kept:
         lines += ["", f"**Model**: `{champion}`: {kept}"]
     elif champion:

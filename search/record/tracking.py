@@ -686,7 +686,7 @@ class TrackingCallback(tune.Callback):
     def restored(self, trial) -> tuple[Restored, Callable[[], str]]:
         """A trial as Ray restored it, and a reader of its result.json in storage (what
         Ray's JsonLoggerCallback restores and appends to)."""
-        params = {**trial_params(trial.config), "workers": getattr(self, "workers", 1)}
+        params = {**self.first_params(trial), "workers": getattr(self, "workers", 1)}
         last, end, status = trial.last_result or {}, None, "RUNNING"
         if trial.status == "TERMINATED":
             how = outcome(last, self.epochs, error=False)
@@ -706,6 +706,13 @@ class TrackingCallback(tune.Callback):
         return Restored(trial.trial_id, f"{trial.trial_id} {sample_line(params)}", params,
                         end=end, status=status), load
 
+    def first_params(self, trial) -> dict[str, Any]:
+        """`trial`'s params as first sampled: a PBT member exploited before a resume has
+        the explored config now, and MLflow keeps a param's first value (its first exploit
+        says what it had)."""
+        mine = [e for e in getattr(self, "exploits", []) if e.trial == trial.trial_id]
+        return trial_params(mine[0].old if mine else trial.config)
+
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         mine = [e for e in getattr(self, "exploits", []) if e.trial == trial.trial_id]
         done = self.tagged.get(trial.trial_id, 0)
@@ -717,7 +724,7 @@ class TrackingCallback(tune.Callback):
         if trial.trial_id in self.started:  # a PBT member's next turn, or a retry
             return
         self.started.add(trial.trial_id)
-        params = trial_params(trial.config)
+        params = self.first_params(trial)
         # The run's name says what it tried: `c57f6e80 lr=0.001 beta1=0.9 ...`
         self.tracker.start_trial(trial.trial_id, f"{trial.trial_id} {sample_line(params)}",
                                  {**params, "workers": getattr(self, "workers", 1)})

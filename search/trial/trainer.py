@@ -19,7 +19,7 @@ from torch import nn
 import models
 import optim
 from search.config import TrialConfig
-from search.trial import data, image_task
+from search.trial import data, image_task, phases
 from search.trial import task as task_
 from search.trial.retune import hyperparameters, retune
 
@@ -168,7 +168,7 @@ def train(cfg: TrialConfig, report: Report, resume: Checkpoint | None = None,
         start_epoch = resume["epoch"]
         # The config's values over the loaded ones (PBT's explored values; a plain resume's
         # are the same): the state stays as loaded.
-        retune(opt, schedule, cfg.optimizer)
+        retune(opt, schedule, phases.optimizer_at(cfg, start_epoch + 1))
     step_model = parallel.wrap(model) if parallel is not None else model
     step_model = torch.compile(step_model) if cfg.train.compile else step_model
     # Ranks evaluate with the bare model: DDP's forward is a collective.
@@ -184,6 +184,9 @@ def train(cfg: TrialConfig, report: Report, resume: Checkpoint | None = None,
         model.train()
         if parallel is not None:
             parallel.dropout_seed(cfg.train.seed, epoch)
+        if phases.starts(cfg, epoch):  # train.phases: this epoch's values, state kept
+            retune(opt, schedule, phases.optimizer_at(cfg, epoch))
+        clip = phases.grad_clip_at(cfg, epoch)
         lr = opt.param_groups[0]["lr"]  # the schedule's, retuned or not
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
@@ -195,8 +198,8 @@ def train(cfg: TrialConfig, report: Report, resume: Checkpoint | None = None,
                 loss = task.loss(step_model, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if cfg.train.grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            if clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), clip)
             opt.step()
             schedule.step()
             n = task_.batch_len(batch)
