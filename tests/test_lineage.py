@@ -38,6 +38,7 @@ def test_the_lineage_follows_the_donors_back_to_epoch_1():
     assert lineage.first_values("a", A4, EXPLOITS) == A
     assert lineage.describe(segments, ["lr"]).startswith(
         "epochs 1-2: trial b (lr 0.003); epochs 3-4: trial c (lr 0.0036)")
+    assert lineage.describe([lineage.Segment(5, 5, "a", A4)], ()) == "epoch 5: trial a"
 
 
 def test_best_yamls_phases_replay_the_lineage():

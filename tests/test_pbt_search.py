@@ -110,7 +110,7 @@ def test_the_winners_schedule_is_in_best_yaml_and_replays_to_its_accuracy(uninte
     cfg = config_.load(best_yaml, schema=TrialConfig)
     assert [p.epoch for p in cfg.train.phases] == [e for e, _ in chain[::-1][1:]]
     description = parents[0].data.tags["mlflow.note.content"]
-    segments = re.findall(r"epochs (\d+)-\d+: trial (\w+)", description.split(
+    segments = re.findall(r"epochs? (\d+)(?:-\d+)?: trial (\w+)", description.split(
         "**PBT lineage**")[1].split("\n")[0])
     assert [(int(e), t) for e, t in segments] == chain[::-1]
     assert (cwd / "runs" / "pbt" / "plots" / "pbt_schedules.png").stat().st_size > 0

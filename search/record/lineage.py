@@ -79,11 +79,14 @@ def phases(cfg: SearchConfig, segments: Sequence[Segment]) -> tuple[dict[str, An
 
 
 def describe(segments: Sequence[Segment], shown: Sequence[str]) -> str:
-    """`epochs 1-2: trial a (lr 0.003, beta1 0.9); epochs 3-6: trial b (lr 0.0012, ...)`"""
+    """`epochs 1-2: trial a (lr 0.003, beta1 0.9); epoch 3: trial b (lr 0.0012, ...)`"""
     def values(v: Mapping[str, Any]) -> str:
         return ", ".join(f"{k} {fmt(v[k])}" for k in shown if k in v)
 
-    return "; ".join(f"epochs {s.first}-{s.last}: trial {s.trial}"
+    def epochs(s: Segment) -> str:
+        return f"epoch {s.first}" if s.first == s.last else f"epochs {s.first}-{s.last}"
+
+    return "; ".join(f"{epochs(s)}: trial {s.trial}"
                      + (f" ({values(s.values)})" if values(s.values) else "")
                      for s in segments)
 
