@@ -4,6 +4,7 @@
     python -m bench.search --tasks digits --seeds 100 --grace 2 --rf 3
     python -m bench.search --sweep                      # TPE+ASHA over grace periods and factors
     python -m bench.search --live --seeds 3             # live searches: the default vs random
+    python -m bench.search --live --tasks digits digits28 --strategies default pbt --seeds 5
     python -m bench.search --warm                       # warm start (bench/warm.py)
 
 Replay (bench/replay.py): each method runs `--seeds` times against each table (bench/curves.py
@@ -20,8 +21,10 @@ the share of runs that reached it. Also printed: how well early epochs rank conf
 Writes bench/search.json and bench/search-<task>.png (median best-so-far against trial-epochs
 and against seconds, with the interquartile band).
 
-`--live`: searches through `search.run` on digits (the chosen default against random search
-without pruning), costs read from MLflow, targets from the digits table.
+`--live`: searches through `search.run` on digits or digits28 (by default the chosen default,
+random+ASHA, against random search without pruning; `--strategies default pbt`: against
+PBT), costs read from MLflow, targets from the table's finals; also each search's best
+val_acc within PBT's trial-epochs (`--population` members times the table's epochs).
 """
 
 from __future__ import annotations
@@ -307,44 +310,98 @@ def print_task(res: dict) -> None:
               f"{b['oracle_ratio_grace2']:.2f}x (grace 2) of random search's ERT")
 
 
+#: Live strategies: overrides of the config's defaults (random sampling, ASHA).
+STRATEGIES = {
+    "default": [],
+    "random": ["search.sampler=random", "scheduler.name=fifo"],
+    "pbt": ["scheduler.name=pbt"],
+}
+
+
 def live(args: argparse.Namespace) -> dict[str, Any]:
-    """Live searches on digits: the config's defaults against random search, per seed."""
+    """Live searches through `search.run`, per table (digits, digits28) and seed: each
+    strategy's cost to each target and its best val_acc within the same trial-epochs (PBT's
+    whole population: `--population` members times the table's epochs)."""
     from mlflow.tracking import MlflowClient
 
-    t = R.table(curves.load(curves.table_path("digits")))
-    tgts = R.targets(t, QUANTILES)
     work = Path(tempfile.mkdtemp(prefix="bench-search-"))
     client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
-    strategies = {"default": [], "random": ["search.sampler=random", "scheduler.name=fifo"]}
-    rows = []
-    for seed in range(args.seeds):
-        for label, sets in strategies.items():
-            name = f"{label}-{seed}"
-            run(name, seed, args.samples, work, sets + args.sets)
-            rows.append({"strategy": label, "seed": seed,
-                         **{str(q): cost_to_target(client, name, target)
-                            for q, target in tgts.items()}})
-    print(f"\nlive: digits, {args.samples} trials a search, seeds {args.seeds}; "
-          "cost = trial-epochs and seconds from the first epoch to target (* never)")
-    for q, target in tgts.items():
-        for label in strategies:
-            cells = [r[str(q)] for r in rows if r["strategy"] == label]
-            print(f"q{q:.2f} ({target:.4f}) {label:8s} " + "  ".join(
-                f"{c['epochs']}{'*' if not c['reached'] else ''}/{c['training_seconds']:.1f}s"
-                for c in cells))
-    return {"targets": tgts, "samples": args.samples, "rows": rows}
+    strategies = {k: STRATEGIES[k] for k in args.strategies}
+    report = {}
+    for task in args.tasks or ["digits"]:
+        if task not in ("digits", "digits28"):
+            raise SystemExit(f"--live: --tasks digits or digits28, not {task}")
+        if task == "digits28" and not curves.PNG.is_dir():
+            import subprocess
+            import sys
+
+            subprocess.run([sys.executable, str(curves.ROOT / "conf/own_model/"
+                                                "make_image_folder.py"), str(curves.PNG)],
+                           check=True)
+        t = R.table(curves.load(curves.table_path(task)))
+        tgts = R.targets(t, QUANTILES)
+        budget = args.population * t.epochs
+        rows = []
+        for seed in range(args.seeds):
+            for label, sets in strategies.items():
+                name = f"{task}-{label}-{seed}"
+                samples = args.population if label == "pbt" else args.samples
+                start = time.monotonic()
+                run(name, seed, samples, work, [*curves.TASKS[task][1], *sets, *args.sets])
+                wall = time.monotonic() - start
+                points = val_points(client, name)
+                rows.append({"strategy": label, "seed": seed, "wall_s": wall,
+                             "trial_epochs": len(points),
+                             "best_at_budget": max((v for _, v in points[:budget]),
+                                                   default=float("nan")),
+                             **{str(q): cost_to_target(client, name, target)
+                                for q, target in tgts.items()}})
+                print(f"{name}: {len(points)} trial-epochs in {wall:.0f} s, best within "
+                      f"{budget}: {rows[-1]['best_at_budget']:.4f}", flush=True)
+        print_live(task, tgts, budget, strategies, rows)
+        report[task] = {"targets": tgts, "budget": budget, "rows": rows}
+    return {"samples": args.samples, "population": args.population, "tasks": report}
+
+
+def print_live(task: str, tgts: dict[float, float], budget: int, strategies: dict,
+               rows: list[dict]) -> None:
+    """Per strategy: the median best val_acc within `budget` trial-epochs, and per target
+    the median trial-epochs and seconds to reach it (over the seeds that did) and how many
+    seeds reached it within the budget."""
+    print(f"\nlive: {task}, budget {budget} trial-epochs, {len(rows) // len(strategies)} "
+          "seeds; cost = trial-epochs / training seconds to target (* never)")
+    for label in strategies:
+        mine = [r for r in rows if r["strategy"] == label]
+        best = statistics.median(r["best_at_budget"] for r in mine)
+        line = f"{label:8s} best@budget median {best:.4f}"
+        for q, target in tgts.items():
+            cells = [r[str(q)] for r in mine]
+            hit = [c for c in cells if c["reached"] and c["epochs"] <= budget]
+            med = (f"{statistics.median(c['epochs'] for c in hit):.0f} ep / "
+                   f"{statistics.median(c['training_seconds'] for c in hit):.0f} s"
+                   if hit else "-")
+            line += f" | q{q:.2f} {target:.4f}: {len(hit)}/{len(cells)} hit, {med}"
+        print(line)
+        print("         per seed: " + "  ".join(
+            f"{r['best_at_budget']:.4f}/{r[str(0.97)]['epochs']}"
+            f"{'' if r[str(0.97)]['reached'] else '*'}" for r in mine))
+
+
+def val_points(client, experiment: str) -> list[tuple[int, float]]:
+    """Every val_acc a child run reported, in the order they were logged."""
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=5000)
+    return sorted((m.timestamp, m.value)
+                  for r in runs if r.data.tags.get("mlflow.parentRunId")
+                  for m in client.get_metric_history(r.info.run_id, "val_acc"))
 
 
 def cost_to_target(client, experiment: str, target: float) -> dict:
     """Trial-epochs and seconds until some trial first reports val_acc >= target (MLflow)."""
     exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], max_results=5000)
-    parent = next(r for r in runs if r.data.tags.get("role") == "search")
-    points = sorted(
-        (m.timestamp, m.value)
-        for r in runs if r.data.tags.get("mlflow.parentRunId")
-        for m in client.get_metric_history(r.info.run_id, "val_acc")
-    )
+    parent = next(r for r in client.search_runs([exp.experiment_id], max_results=5000)
+                  if r.data.tags.get("role") == "search")
+    points = val_points(client, experiment)
     first = points[0][0] if points else parent.info.start_time
     for i, (ts, value) in enumerate(points, start=1):
         if value >= target:
@@ -385,7 +442,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--concurrent", type=int, default=2, help="trials at a time")
     p.add_argument("--budget", type=int, default=3000, help="trial-epochs per run at most")
     p.add_argument("--jobs", type=int, default=2, help="processes replaying")
-    p.add_argument("--live", action="store_true", help="live searches on digits instead")
+    p.add_argument("--live", action="store_true",
+                   help="live searches instead (--tasks digits digits28, --strategies)")
+    p.add_argument("--strategies", nargs="*", default=["default", "random"],
+                   choices=list(STRATEGIES), help="--live: what is compared")
+    p.add_argument("--population", type=int, default=8,
+                   help="--live: PBT's members; the budget is members x epochs")
     p.add_argument("--warm", action="store_true",
                    help="warm start replayed instead (bench/warm.py); --budget 1500 then")
     p.add_argument("--scenarios", nargs="*", help="--warm: these only (default: all)")
@@ -393,7 +455,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="--warm: trials of the earlier search, drawn per seed")
     p.add_argument("--top", type=int, default=2, help="--warm: its best configurations run "
                                                      "first (search.warm_start_top)")
-    p.add_argument("--samples", type=int, default=40, help="--live: trials a search")
+    p.add_argument("--samples", type=int, default=40,
+                   help="--live: trials of a search other than PBT's")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="--live: a config override for both strategies (repeatable)")
     p.add_argument("--out", type=Path, default=OUT)

@@ -140,6 +140,16 @@ def _local(path: str, filesystem) -> bool:
     return isinstance(filesystem, pyarrow.fs.LocalFileSystem)
 
 
+def snapshot_order(pair: tuple[str, str]) -> tuple[bool, str]:
+    """Ray's experiment_state-*.json last, the rest by name: a copy cut short (a driver
+    killed mid-sync) then leaves the searcher's and callbacks' states and each trial's
+    result.json at least as new as the experiment state that names the trials. Ray's
+    restore cannot mend the other way round: a search generator older than the trials
+    counts too few and makes extra trials, which its searcher never hears of."""
+    name = posixpath.basename(pair[1])
+    return name.startswith("experiment_state-"), pair[1]
+
+
 def copy_whole(copy, source: str, destination: str, source_filesystem=None, **kwargs) -> None:
     """`copy` (pyarrow's copy_files) file by file, each to a temporary sibling renamed over
     its final name: a copy that fails leaves the old file (or none), never a part."""
@@ -161,7 +171,7 @@ def copy_whole(copy, source: str, destination: str, source_filesystem=None, **kw
             elif f.type == pyarrow.fs.FileType.File:
                 pairs.append((f.path, target))
     local = pyarrow.fs.LocalFileSystem()
-    for src, target in pairs:
+    for src, target in sorted(pairs, key=snapshot_order):
         part = f"{target}.part-{uuid.uuid4().hex[:8]}"
         Path(target).parent.mkdir(parents=True, exist_ok=True)
         try:

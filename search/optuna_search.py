@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import optuna
 from ray import tune
+from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch as RayOptunaSearch
 
 from search.config import ConfigError
@@ -284,15 +285,35 @@ class OptunaSearch(RayOptunaSearch):
 
 
 class KnownTrials(tune.Callback):
-    """At a resumed search's first step, hands the searcher the trials Ray restored, so it
-    forgets any others (`OptunaSearch.forget_others`)."""
+    """At a resumed search's first step, makes the searcher agree with the trials Ray
+    restored: the searcher forgets any others (`OptunaSearch.forget_others`), and Ray's
+    search generator counts the restored trials and its concurrency limiter holds those
+    still to run. A generator saved after the experiment state (Ray's snapshot files are
+    not copied together) counts a trial Ray does not run, so the search would end short
+    of num_samples, with a slot held for it forever."""
 
-    def __init__(self, searcher: OptunaSearch) -> None:
-        # The Tuner's searcher itself: pickled together in tuner.pkl, one object on restore.
+    def __init__(self, searcher: OptunaSearch, generator: SearchGenerator | None = None
+                 ) -> None:
+        # The Tuner's own objects: pickled together in tuner.pkl, one object on restore.
         self.searcher = searcher
+        self.generator = generator
         self._checked = False
 
     def on_step_begin(self, iteration, trials, **info) -> None:
-        if not self._checked:
-            self._checked = True
-            self.searcher.forget_others({t.trial_id for t in trials})
+        if self._checked:
+            return
+        self._checked = True
+        self.searcher.forget_others({t.trial_id for t in trials})
+        if self.generator is not None:
+            align(self.generator, trials, self.searcher)
+
+
+def align(generator: SearchGenerator, trials: list, searcher: OptunaSearch) -> None:
+    """`generator` set to Ray's restored `trials`: its count of trials made (each came from
+    it), and its limiter's live trials (those not ended that the searcher knows)."""
+    generator.set_state({**generator.get_state(), "counter": len(trials)})
+    limiter = generator.searcher
+    if isinstance(limiter, ConcurrencyLimiter):
+        live = {t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")
+                and t.trial_id in searcher._ot_trials}
+        limiter.live_trials, limiter.num_unfinished_live_trials = live, len(live)

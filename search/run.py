@@ -276,7 +276,7 @@ def build_tuner(cfg: SearchConfig, storage: str, name: str, tracking: TrackingCa
                 CheckpointJanitor(),
                 Progress(s.metric, s.mode, cfg.train.epochs, s.num_samples),
                 *kept_state(cfg.scheduler.name, scheduler),
-                optuna_search.KnownTrials(searcher),  # the study's trials, as Ray's
+                optuna_search.KnownTrials(searcher, search_alg),  # the trials Ray restored
                 life,
                 results.PreloadTheEnd(model_logging=bool(cfg.mlflow.register_as)),
                 # Multi-worker trials: their workers' placement groups freed as they end.

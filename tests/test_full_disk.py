@@ -74,6 +74,38 @@ def test_a_copy_into_a_full_disk_leaves_the_old_file_whole(small_disk, tmp_path)
     assert (target / "checkpoint.pt").read_bytes() == b"n" * (4 << 20)
 
 
+def test_a_snapshot_copy_cut_short_leaves_no_experiment_state_newer_than_its_searcher(
+        tmp_path):
+    # Ray's experiment state names the trials; the generator's and searcher's states count
+    # and know them. Copied last, the experiment state is never the newer of the two.
+    import pyarrow.fs
+
+    staging, storage = tmp_path / "staging", tmp_path / "storage"
+    names = ["experiment_state-2026-12-06_00-01.json", "search_gen_state-2026-12-06_00-01.json",
+             "searcher-state-2026-12-06_00-01.pkl", "callback-states-2026-12-06_00-01.pkl",
+             "trial_a/result.json", "zz-last-by-name.json"]
+    for name in names:
+        (staging / name).parent.mkdir(parents=True, exist_ok=True)
+        (staging / name).write_text(name)
+    copied = []
+
+    def copy(src, dst, **kwargs):
+        if len(copied) == cut:
+            raise KeyboardInterrupt  # the driver killed mid-copy
+        copied.append(Path(src).relative_to(staging).as_posix())
+        pyarrow.fs.copy_files(src, dst, **kwargs)
+
+    cut = len(names) - 1
+    with pytest.raises(KeyboardInterrupt):
+        full_disk.copy_whole(copy, str(staging), str(storage))
+    assert not list(storage.glob("experiment_state-*"))
+    assert len(list(storage.glob("search_gen_state-*"))) == 1
+    copied.clear()
+    cut = None
+    full_disk.copy_whole(copy, str(staging), str(storage))
+    assert copied[-1] == names[0] and sorted(copied) == sorted(names)
+
+
 def test_a_journal_cut_in_the_middle_of_a_record_is_mended(tmp_path):
     import optuna
 

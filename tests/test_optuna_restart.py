@@ -32,8 +32,8 @@ def test_a_restarted_search_fails_what_the_killed_one_left_unfinished(tmp_path):
 
 
 class Known:
-    def __init__(self, trial_id: str) -> None:
-        self.trial_id = trial_id
+    def __init__(self, trial_id: str, status: str = "PENDING") -> None:
+        self.trial_id, self.status = trial_id, status
 
 
 def test_trials_ray_did_not_restore_are_forgotten_by_the_study_and_the_rungs(tmp_path):
@@ -57,3 +57,23 @@ def test_trials_ray_did_not_restore_are_forgotten_by_the_study_and_the_rungs(tmp
     assert list(s._ot_trials) == ["kept"]
     assert [t.state.name for t in s._ot_study.get_trials()] == ["RUNNING", "FAIL"]
     assert dict(scheduler._brackets[0]._rungs)[1] == {"kept": 0.5}
+
+
+def test_the_generator_counts_the_trials_ray_restored_and_frees_the_ghosts_slot(tmp_path):
+    # Ray restored 2 trials ("ended", "kept"); the generator was saved later, after it made
+    # "ghost": it would count 3 and hold a slot for "ghost" forever.
+    from ray.tune.search import ConcurrencyLimiter, SearchGenerator
+
+    from search.optuna_search import KnownTrials
+
+    s = searcher(tmp_path)
+    limiter = ConcurrencyLimiter(s, max_concurrent=2)
+    generator = SearchGenerator(limiter)
+    for trial_id in ("ended", "kept", "ghost"):
+        s.suggest(trial_id)
+    generator.set_state({**generator.get_state(), "counter": 3})
+    limiter.live_trials, limiter.num_unfinished_live_trials = {"kept", "ghost"}, 2
+    KnownTrials(s, generator).on_step_begin(0, [Known("ended", "TERMINATED"), Known("kept")])
+    assert generator.get_state()["counter"] == 2  # one more trial to make for num_samples 3
+    assert limiter.live_trials == {"kept"} and limiter.num_unfinished_live_trials == 1
+    assert list(s._ot_trials) == ["ended", "kept"]

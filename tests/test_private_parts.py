@@ -145,6 +145,25 @@ def test_a_tuner_and_rays_search_generator_keep_what_lifecycle_reads(tmp_path):
     assert not gen.is_finished()
 
 
+def test_rays_generator_state_and_concurrency_limiter_are_what_knowntrials_aligns():
+    from ray.tune.search import ConcurrencyLimiter, SearchGenerator
+
+    from search.config import SpaceConfig
+
+    reader = ("search/optuna_search.py (align: a resumed generator counts the trials Ray "
+              "restored, its limiter holds those still to run)")
+    limiter = ConcurrencyLimiter(OptunaSearch(space=DefineByRun(SpaceConfig()),
+                                              metric="val_acc", mode="max"), max_concurrent=1)
+    gen = SearchGenerator(limiter)
+    assert gen.get_state()["counter"] == 0
+    gen.set_state({**gen.get_state(), "counter": 4})
+    assert gen.get_state()["counter"] == 4
+    assert needs(limiter, "live_trials", reader) == set()
+    assert needs(limiter, "num_unfinished_live_trials", reader) == 0
+    limiter.live_trials, limiter.num_unfinished_live_trials = {"a"}, 1
+    assert limiter.suggest("b") is None  # the slot is held by "a"
+
+
 def test_rays_pbt_keeps_what_our_pbt_scheduler_overrides_and_reads():
     import ray.tune.schedulers.pbt as ray_pbt
     from ray.tune.schedulers import PopulationBasedTraining
