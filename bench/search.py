@@ -315,6 +315,7 @@ STRATEGIES = {
     "default": [],
     "random": ["search.sampler=random", "scheduler.name=fifo"],
     "pbt": ["scheduler.name=pbt"],
+    "pb2": ["scheduler.name=pb2"],
 }
 
 
@@ -345,7 +346,7 @@ def live(args: argparse.Namespace) -> dict[str, Any]:
         for seed in range(args.seeds):
             for label, sets in strategies.items():
                 name = f"{task}-{label}-{seed}"
-                samples = args.population if label == "pbt" else args.samples
+                samples = args.population if label in ("pbt", "pb2") else args.samples
                 start = time.monotonic()
                 run(name, seed, samples, work, [*curves.TASKS[task][1], *sets, *args.sets])
                 wall = time.monotonic() - start

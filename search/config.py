@@ -346,8 +346,10 @@ class SchedulerConfig(Section):
     # asha: Ray's ASHA stops weak trials early; fifo: every trial trains the full budget;
     # pbt: population-based training (search/pbt_scheduler.py), the population of
     # search.num_samples trains together and every `perturbation_interval` epochs the weakest
-    # `quantile_fraction` copy a top member's weights and Adam state and explore its values.
-    name: Literal["asha", "fifo", "pbt"] = "asha"
+    # `quantile_fraction` copy a top member's weights and Adam state and explore its values;
+    # pb2: the same, with the new values chosen by a GP bandit within the space's bounds
+    # (search/pb2_scheduler.py) instead of perturbed at random.
+    name: Literal["asha", "fifo", "pbt", "pb2"] = "asha"
     grace_period: int = Field(1, ge=1)  # epochs every trial gets before it can be pruned
     # 4: of 2, 3 and 4 (grace 1 and 2), the one whose replays never lost the top targets
     # (bench/RESULTS.md, 2026-11-27).
@@ -355,7 +357,8 @@ class SchedulerConfig(Section):
     # Ray's ASHA with this many Hyperband-style brackets (bracket s starts judging at
     # grace_period * reduction_factor**s epochs); 1: plain ASHA.
     brackets: int = Field(1, ge=1)
-    # PBT (Ray's PopulationBasedTraining's own defaults, with the interval in epochs).
+    # PBT and PB2 (Ray's PopulationBasedTraining's own defaults, with the interval in
+    # epochs; PB2 uses neither the resample probability nor the factors).
     perturbation_interval: int = Field(2, ge=1)
     quantile_fraction: float = Field(0.25, gt=0, le=0.5)
     resample_probability: float = Field(0.25, ge=0, le=1)
@@ -363,6 +366,11 @@ class SchedulerConfig(Section):
     # true: every member waits at each interval for the whole population (needs all of it
     # running at once); false: each member is judged when it reaches an interval.
     synch: bool = False
+
+    @property
+    def population_based(self) -> bool:
+        """PBT or PB2: a population trained together, members copying members."""
+        return self.name in ("pbt", "pb2")
 
 
 class ResourcesConfig(Section):
@@ -454,7 +462,7 @@ class SearchConfig(TrialConfig):
     def _pbt_can_work(self) -> SearchConfig:
         """PBT configs that could never perturb, or would wait forever."""
         s, sch = self.search, self.scheduler
-        if sch.name != "pbt":
+        if not sch.population_based:
             return self
         if sch.perturbation_interval >= self.train.epochs:
             raise ValueError(f"scheduler.perturbation_interval {sch.perturbation_interval} >= "
@@ -468,13 +476,20 @@ class SearchConfig(TrialConfig):
                              f"{s.num_samples} with scheduler.synch: true; synchronous PBT "
                              "runs the whole population at once")
         if s.sampler != "random":
-            raise ValueError(f"search.sampler {s.sampler} with scheduler.name pbt: PBT's "
+            raise ValueError(f"search.sampler {s.sampler} with scheduler.name {sch.name}: its "
                              "population is drawn at random (seeded by search.seed), and it "
                              "then explores by itself; use search.sampler: random, or asha "
                              "or fifo to have TPE or GP choose the trials")
         if self.resources.distributed:
             raise ValueError(f"resources.workers_per_trial {self.resources.workers_per_trial} "
-                             "with scheduler.name pbt: PBT runs one-worker trials")
+                             f"with scheduler.name {sch.name}: it runs one-worker trials")
+        if sch.name == "pb2":
+            from search.pb2_scheduler import bounded
+
+            if not bounded(self.space):
+                raise ValueError("scheduler.name pb2: space has no continuous range of "
+                                 "Adam's values or train.grad_clip without a condition for "
+                                 "PB2 to choose within; search one, or use pbt")
         return self
 
     @model_validator(mode="after")

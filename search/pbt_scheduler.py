@@ -169,10 +169,24 @@ class PBT(PopulationBasedTraining):
         return new, how
 
 
+    # What a subclass's explore step learns from (PB2's data), through PBTState.
+
+    def extra_state(self) -> dict[str, Any]:
+        """The explore step's own state, for Ray's snapshots (PBT's has none)."""
+        return {}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        """The explore step's state as `extra_state` gave it."""
+
+    def forget_others(self, known: set[str]) -> None:
+        """Forget what the explore step holds of trials not in `known`."""
+
+
 class PBTState(Callback):
     """Saves and restores `scheduler`'s state through Ray's experiment snapshots (see the
     module): per member the fields in `KEPT` and whether it had a checkpoint to give, the
-    next synchronous perturbation epoch, Ray's counters and the lineage (`exploits`)."""
+    next synchronous perturbation epoch, Ray's counters, the lineage (`exploits`) and what the
+    explore step learns from (`extra_state`: PB2's data)."""
 
     def __init__(self, scheduler: PBT) -> None:
         # The same object as the Tuner's scheduler (both pickled in one tuner.pkl).
@@ -188,6 +202,7 @@ class PBTState(Callback):
             "next_sync": s._next_perturbation_sync,
             "counts": (s._num_perturbations, s._num_checkpoints),
             "exploits": list(s.exploits),
+            "extra": s.extra_state(),
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -196,6 +211,7 @@ class PBTState(Callback):
         s._next_perturbation_sync = state["next_sync"]
         s._num_perturbations, s._num_checkpoints = state["counts"]
         s.exploits[:] = state["exploits"]  # in place: the tracking callback holds the list
+        s.set_extra_state(state.get("extra", {}))
 
     def on_step_begin(self, iteration, trials, **info) -> None:
         """At a resumed search's first step, forget what the snapshot's trials do not have
@@ -208,3 +224,4 @@ class PBTState(Callback):
         self.scheduler.restored.clear()
         self.scheduler.exploits[:] = [e for e in self.scheduler.exploits
                                       if e.trial in known and e.donor in known]
+        self.scheduler.forget_others(known)

@@ -195,7 +195,7 @@ def trainable(cfg: SearchConfig, path: str, trial: Callable[..., None] = run_tri
              if s.name == "asha" else
              # PBT saves and copies members at every interval: a checkpoint must be there.
              tuple(range(s.perturbation_interval, cfg.train.epochs, s.perturbation_interval))
-             if s.name == "pbt" else ())
+             if s.population_based else ())
     common = dict(base=cfg.trial(), rungs=rungs,
                   checkpoint_period_s=cfg.search.checkpoint_period_s)
     if trial is run_trial:  # the search's metric in every result, whatever the task reports
@@ -247,12 +247,12 @@ def build_tuner(cfg: SearchConfig, storage: str, name: str, tracking: TrackingCa
     )
     scheduler = strategy.scheduler(cfg.scheduler, cfg.train.epochs, cfg)
     concurrent = min(s.max_concurrent, max_concurrent or s.max_concurrent)
-    if cfg.scheduler.name == "pbt":
+    if cfg.scheduler.population_based:
         # The whole population at once: members take turns on the resources at each
         # interval (Ray's PBT pauses one that reaches it while others wait).
         concurrent = s.num_samples
     search_alg = lifecycle.generator(searcher, concurrent)
-    if cfg.scheduler.name == "pbt":  # each exploit tagged on its member's MLflow run
+    if cfg.scheduler.population_based:  # each exploit tagged on its member's MLflow run
         tracking.exploits, tracking.pbt = scheduler.exploits, True
     life = lifecycle.Lifecycle(lifecycle.Limits.of(s), s.metric, s.mode, cfg.train.epochs,
                                search_alg)
@@ -296,7 +296,7 @@ def kept_state(name: str, scheduler: Any) -> list[tune.Callback]:
     and lineage."""
     if name == "asha":
         return [RungState(scheduler)]
-    if name == "pbt":
+    if name in ("pbt", "pb2"):
         from search.pbt_scheduler import PBTState
 
         return [PBTState(scheduler)]
@@ -476,7 +476,7 @@ def _fit(args, cfg: SearchConfig, storage: str, name: str, tracking: TrackingCal
     failed = sum(r.outcome == "failed" for r in rows)
     folder = local_folder(storage, name)
     pbt = (results.PBTRecord.of(rows, cfg, best, tracking.exploits)
-           if best is not None and cfg.scheduler.name == "pbt" else None)
+           if best is not None and cfg.scheduler.population_based else None)
     pictures = results.draw(rows, cfg, best.trial_id if best else None, folder / "plots", pbt)
     if best is not None:
         best_yaml = folder / BEST_CONFIG

@@ -8,8 +8,9 @@ exactly what a live search runs.
   `n_startup_trials`), `gp` (Gaussian-process sampler, suited to low-dimensional continuous
   spaces), `random`.
 - Schedulers (Ray's own): `fifo` (every trial trains the full budget), `asha` (Ray's
-  ASHAScheduler on the `epoch` attribute) and `pbt` (Ray's PopulationBasedTraining with
-  our population and explore step, search/pbt_scheduler.py). With `brackets > 1` ASHA runs
+  ASHAScheduler on the `epoch` attribute), `pbt` (Ray's PopulationBasedTraining with
+  our population and explore step, search/pbt_scheduler.py) and `pb2` (the same with
+  Ray's PB2 GP bandit as the explore step, search/pb2_scheduler.py). With `brackets > 1` ASHA runs
   Hyperband-style brackets asynchronously: bracket s judges first at grace_period * rf**s
   epochs, and Ray assigns each new trial to a bracket at random (softmax over the brackets'
   rung counts).
@@ -40,12 +41,15 @@ def scheduler(config: SchedulerConfig, epochs: int,
               search: SearchConfig | None = None) -> TrialScheduler:
     """Ray's scheduler `config.name` names, over `epochs` epochs per trial (PBT also
     needs the whole `search` config: its space and seed)."""
-    if config.name == "pbt":
+    if config.population_based:
         if search is None:
-            raise ValueError("scheduler.name pbt needs the search's config")
-        from search.pbt_scheduler import PBT
+            raise ValueError(f"scheduler.name {config.name} needs the search's config")
+        if config.name == "pb2":
+            from search.pb2_scheduler import PB2 as Population
+        else:
+            from search.pbt_scheduler import PBT as Population
 
-        return PBT(config, search.space, epochs, search.search.seed)
+        return Population(config, search.space, epochs, search.search.seed)
     if config.name == "asha":
         return ASHAScheduler(time_attr="epoch", max_t=epochs,
                              grace_period=config.grace_period,

@@ -53,6 +53,9 @@ CASES = [
      "search.max_concurrent 2 < search.num_samples 4 with scheduler.synch: true"),
     ("pbt with tpe", GOOD + "scheduler: {name: pbt, perturbation_interval: 1}\n"
      "search: {sampler: tpe}\n", [], "search.sampler tpe with scheduler.name pbt"),
+    ("pb2 with nothing to choose", GOOD + "scheduler: {name: pb2, perturbation_interval: 1}\n"
+     "space: {lr: {value: 0.001}, beta1: {value: 0.9}, one_minus_beta2: {value: 0.001}, "
+     "eps: {value: 1.0e-8}}\n", [], "scheduler.name pb2: space has no continuous range"),
     ("unknown model", "model: {name: vgg}\n", [], "unknown model 'vgg'"),
     ("unknown dataset", "data: {dataset: imagenet}\n", [], "data.dataset"),
     ("unknown sampler", GOOD + "search: {sampler: grid}\n", [], "search.sampler"),

@@ -178,3 +178,28 @@ def test_a_pbt_search_killed_between_perturbations_resumes_on_schedule(tmp_path,
     tags = sorted(v for k in kids for t, v in k.data.tags.items() if t.startswith("pbt."))
     lines = EXPLOIT.findall(killed + proc.stdout)
     assert len(tags) == len(lines) == 2
+
+
+def test_a_pb2_search_chooses_its_values_by_the_bandit_within_the_spaces_bounds(tmp_path):
+    (tmp_path / "conf.yaml").write_text(CONF.replace("name: pbt", "name: pb2"))
+    proc = run_module("search.run", "conf.yaml", "--name", "pb2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    exploits = EXPLOIT.findall(proc.stdout)
+    assert [e[2] for e in exploits] == ["2", "4"], proc.stdout[-3000:]
+    # At epoch 2 each member has one result: no interval's gain to learn from, so the
+    # donor's values are copied; at epoch 4 the GP chooses them.
+    assert exploits[0][3] == "nothing explored"
+    member, _, _, changes = exploits[1]
+    assert "(GP-UCB)" in changes
+    new_lr = float(re.search(r"\blr \S+ -> (\S+) \(GP-UCB\)", changes).group(1))
+    space = config_.load(tmp_path / "conf.yaml").space.keys()
+    assert space["lr"].bounds()[0] <= new_lr <= space["lr"].bounds()[1]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parents, kids = children(client, "pb2")
+    assert len(kids) == 4 and parents[0].data.params["scheduler"].startswith("pb2 (every 2")
+    run = {k.data.tags["trial_id"]: k for k in kids}[member]
+    lr = client.get_metric_history(run.info.run_id, "lr")
+    assert [m.step for m in lr] == [1, 2, 3, 4, 5]
+    assert lr[-1].value == pytest.approx(new_lr, rel=1e-2)  # epoch 5 trained with it
+    best = config_.load(tmp_path / "runs" / "pb2" / "best.yaml", schema=TrialConfig)
+    assert best.train.epochs == 5  # the winner's lineage, a config search.train takes

@@ -216,3 +216,14 @@ def test_rays_json_logger_restores_result_json_where_resultlog_overrides_it():
     needs(JsonLoggerCallback, "_restore_from_remote", reader)
     assert "self._restore_from_remote(EXPR_RESULT_FILE, trial)" in \
         inspect.getsource(JsonLoggerCallback.log_trial_start), reader
+
+
+def test_rays_pb2_explore_step_is_the_function_our_pb2_calls():
+    import inspect
+
+    from ray.tune.schedulers import pb2
+
+    explore = needs(pb2, "_explore", "search/pb2_scheduler.py (PB2's GP bandit, called with "
+                    "our bounds on the GP's scale and our seeded numpy)")
+    assert list(inspect.signature(explore).parameters) == ["data", "bounds", "current",
+                                                           "base", "old", "config"]

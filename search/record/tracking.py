@@ -113,7 +113,10 @@ def search_params(cfg: SearchConfig) -> dict[str, str]:
         f"resample {sch.resample_probability:g}, factors "
         f"{'/'.join(f'{f:g}' for f in sch.perturbation_factors)}"
         f"{', synch' if sch.synch else ''})"
-        if sch.name == "pbt" else sch.name)
+        if sch.name == "pbt" else
+        f"pb2 (every {sch.perturbation_interval} epochs, quantile {sch.quantile_fraction:g}"
+        f"{', synch' if sch.synch else ''})"
+        if sch.name == "pb2" else sch.name)
     params.update({"model.name": cfg.model.name,
                    **({"data.dataset": cfg.data.dataset} if cfg.train.task is None else
                       {"train.task": cfg.train.task}),
