@@ -36,7 +36,7 @@ from ray.tune.schedulers import pb2 as ray_pb2
 
 from search.config import SchedulerConfig, SpaceConfig
 from search.pbt import explorable, fit
-from search.pbt_scheduler import PBT, Exploit, log
+from search.pbt_scheduler import PBT
 from search.space_rules import Range
 
 GP = "GP-UCB"  # how a key chosen by the bandit is described in an exploit's line
@@ -129,12 +129,7 @@ class PB2(PBT):
         for k, r in self.ranges.items():
             if chosen[k] != given[k]:  # else the donor's, exactly (log10 does not round-trip)
                 new[k], how[k] = from_model(r, chosen[k]), GP
-        exploit = Exploit(trial.trial_id, trial_to_clone.trial_id,
-                          int(self._trial_state[trial_to_clone].last_train_time),
-                          dict(trial.config), dict(donor), new, how)
-        self.exploits.append(exploit)
-        log.info("%s", exploit.line())
-        return new, how
+        return self.record(trial, trial_to_clone, new, how)
 
     # ---------------------------------------------------- through PBTState's snapshots
 

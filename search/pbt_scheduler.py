@@ -161,13 +161,17 @@ class PBT(PopulationBasedTraining):
         donor = trial_to_clone.config
         new, how = explore(donor, self.space, self.rng, self._perturbation_factors,
                            self._resample_probability, keep=lambda k: not explorable(k))
+        return self.record(trial, trial_to_clone, new, how)
+
+    def record(self, trial, trial_to_clone, new: dict, how: dict) -> tuple[dict, dict]:
+        """The exploit of `trial` from `trial_to_clone` to `new`, kept in the lineage and
+        said on a progress line; (new, how), as Ray's `_get_new_config` returns."""
         exploit = Exploit(trial.trial_id, trial_to_clone.trial_id,
                           int(self._trial_state[trial_to_clone].last_train_time),
-                          dict(trial.config), dict(donor), new, how)
+                          dict(trial.config), dict(trial_to_clone.config), new, how)
         self.exploits.append(exploit)
         log.info("%s", exploit.line())
         return new, how
-
 
     # What a subclass's explore step learns from (PB2's data), through PBTState.
 
