@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from search.space_rules import ADAM_KEYS, Range, check_space
+from search.space_rules import ADAM_KEYS, Range, bounded, check_space
 
 DATASETS = ("digits", "synthetic", "mnist", "fashion_mnist", "cifar10", "cifar100")
 MAX_CONFIG_BYTES = 1_000_000  # a config is a page of YAML; a bigger file is a wrong path
@@ -483,13 +483,10 @@ class SearchConfig(TrialConfig):
         if self.resources.distributed:
             raise ValueError(f"resources.workers_per_trial {self.resources.workers_per_trial} "
                              f"with scheduler.name {sch.name}: it runs one-worker trials")
-        if sch.name == "pb2":
-            from search.pb2_scheduler import bounded
-
-            if not bounded(self.space):
-                raise ValueError("scheduler.name pb2: space has no continuous range of "
-                                 "Adam's values or train.grad_clip without a condition for "
-                                 "PB2 to choose within; search one, or use pbt")
+        if sch.name == "pb2" and not bounded(self.space.keys()):
+            raise ValueError("scheduler.name pb2: space has no continuous range of "
+                             "Adam's values or train.grad_clip without a condition for "
+                             "PB2 to choose within; search one, or use pbt")
         return self
 
     @model_validator(mode="after")

@@ -34,8 +34,9 @@ import numpy as np
 import pandas as pd
 from ray.tune.schedulers import pb2 as ray_pb2
 
+from search import space_rules
 from search.config import SchedulerConfig, SpaceConfig
-from search.pbt import explorable, fit
+from search.pbt import fit
 from search.pbt_scheduler import PBT
 from search.space_rules import Range
 
@@ -44,8 +45,7 @@ GP = "GP-UCB"  # how a key chosen by the bandit is described in an exploit's lin
 
 def bounded(space: SpaceConfig) -> dict[str, Range]:
     """The keys PB2 chooses: explorable, continuous, unconditional."""
-    return {k: r for k, r in space.keys().items()
-            if explorable(k) and not (r.fixed or r.categorical or r.when)}
+    return space_rules.bounded(space.keys())
 
 
 def to_model(r: Range, value: float) -> float:

@@ -23,7 +23,9 @@ from typing import Any
 
 from search.config import SpaceConfig
 from search.space import holds
-from search.space_rules import ADAM_KEYS, Range, check_conditions
+from search.space_rules import Range, check_conditions, explorable
+
+__all__ = ["draw", "explorable", "explore", "fit", "perturb"]
 
 
 def draw(r: Range, rng: random.Random) -> Any:
@@ -87,14 +89,3 @@ def explore(sample: dict[str, Any], space: SpaceConfig, rng: random.Random,
             factor = rng.choice(factors)
             new[name], how[name] = perturb(r, sample[name], factor), f"* {factor:g}"
     return new, how
-
-
-# What a member can change while it trains: the values `retune` puts on a loaded optimizer,
-# and the gradient clip. A model's or the data's keys, the batch, the schedule's shape and
-# the optimizer's kind or state layout stay as the copied weights were trained with.
-EXPLORABLE = frozenset({*ADAM_KEYS, *ADAM_KEYS.values(), "train.grad_clip"})
-
-
-def explorable(name: str) -> bool:
-    """Whether PBT explores the key `name` (the others are copied from the donor)."""
-    return name in EXPLORABLE

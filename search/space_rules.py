@@ -387,3 +387,20 @@ def check_space(cfg: Any) -> None:
     check_workers(cfg, space)
     for i, point in enumerate(cfg.search.points_to_evaluate):
         check_point(i, point, space)
+
+
+# What a member can change while it trains: the values `retune` puts on a loaded optimizer,
+# and the gradient clip. A model's or the data's keys, the batch, the schedule's shape and
+# the optimizer's kind or state layout stay as the copied weights were trained with.
+EXPLORABLE = frozenset({*ADAM_KEYS, *ADAM_KEYS.values(), "train.grad_clip"})
+
+
+def explorable(name: str) -> bool:
+    """Whether PBT explores the key `name` (the others are copied from the donor)."""
+    return name in EXPLORABLE
+
+
+def bounded(keys: dict[str, Range]) -> dict[str, Range]:
+    """The keys PB2 chooses within bounds: explorable, continuous, unconditional."""
+    return {k: r for k, r in keys.items()
+            if explorable(k) and not (r.fixed or r.categorical or r.when)}
