@@ -34,18 +34,12 @@ import numpy as np
 import pandas as pd
 from ray.tune.schedulers import pb2 as ray_pb2
 
-from search import space_rules
 from search.config import SchedulerConfig, SpaceConfig
 from search.pbt import fit
 from search.pbt_scheduler import PBT
-from search.space_rules import Range
+from search.space_rules import Range, bounded
 
 GP = "GP-UCB"  # how a key chosen by the bandit is described in an exploit's line
-
-
-def bounded(space: SpaceConfig) -> dict[str, Range]:
-    """The keys PB2 chooses: explorable, continuous, unconditional."""
-    return space_rules.bounded(space.keys())
 
 
 def to_model(r: Range, value: float) -> float:
@@ -88,7 +82,7 @@ class PB2(PBT):
     def __init__(self, cfg: SchedulerConfig, space: SpaceConfig, epochs: int,
                  seed: int | None) -> None:
         super().__init__(cfg, space, epochs, seed)
-        self.ranges = bounded(space)
+        self.ranges = bounded(space.keys())
         self.bounds = {k: (to_model(r, r.bounds()[0]), to_model(r, r.bounds()[1]))
                        for k, r in self.ranges.items()}
         self.data = pd.DataFrame()  # Ray's PB2 rows: Trial, Time, each key, Reward

@@ -34,7 +34,7 @@ from search import (
 from search import config as config_
 from search.asha import RungState, rung_epochs
 from search.cli import run_main
-from search.config import ConfigError, SearchConfig, TrialConfig
+from search.config import ConfigError, SchedulerConfig, SearchConfig, TrialConfig
 from search.optuna_search import OptunaSearch
 from search.record import promotion, results
 from search.record.checkpoint_janitor import CheckpointJanitor
@@ -275,7 +275,7 @@ def build_tuner(cfg: SearchConfig, storage: str, name: str, tracking: TrackingCa
                 tracking,
                 CheckpointJanitor(),
                 Progress(s.metric, s.mode, cfg.train.epochs, s.num_samples),
-                *kept_state(cfg.scheduler.name, scheduler),
+                *kept_state(cfg.scheduler, scheduler),
                 optuna_search.KnownTrials(searcher, search_alg),  # the trials Ray restored
                 life,
                 results.PreloadTheEnd(model_logging=bool(cfg.mlflow.register_as)),
@@ -290,13 +290,13 @@ def build_tuner(cfg: SearchConfig, storage: str, name: str, tracking: TrackingCa
     )
 
 
-def kept_state(name: str, scheduler: Any) -> list[tune.Callback]:
+def kept_state(config: SchedulerConfig, scheduler: Any) -> list[tune.Callback]:
     """The callback that carries `scheduler`'s state in Ray's experiment snapshots, so
     that --resume keeps it (Ray rebuilds the scheduler empty): ASHA's rungs, PBT's members
     and lineage."""
-    if name == "asha":
+    if config.name == "asha":
         return [RungState(scheduler)]
-    if name in ("pbt", "pb2"):
+    if config.population_based:
         from search.pbt_scheduler import PBTState
 
         return [PBTState(scheduler)]
