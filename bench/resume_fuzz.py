@@ -28,15 +28,14 @@ import argparse
 import json
 import os
 import signal
-import socket
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from bench.mlflow_server import SECRET, MlflowServer, kill_group
+
 ROOT = Path(__file__).resolve().parent.parent
-SECRET = "s3cret"
 POINTS = ("start", "epochs:3", "epochs:8", "epochs:14", "end", "champion")
 EPOCHS = 8
 DIGITS = "{dataset: digits}"
@@ -52,56 +51,7 @@ mlflow: {{register_as: fuzz}}
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A real `mlflow server` on 127.0.0.1 over SQLite in `folder`."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder, self.port = folder, free_port()
-        self.db = folder / "server.db"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
-             str(self.port), "--workers", "1", "--backend-store-uri", f"sqlite:///{self.db}",
-             "--artifacts-destination", str(folder / "artifacts")],
-            cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)
-        deadline = time.monotonic() + 90
-        while not self._answers():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("mlflow server did not start")
-            time.sleep(0.5)
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.secret_uri = f"http://alice:{SECRET}@127.0.0.1:{self.port}"
-
-    def _answers(self) -> bool:
-        import urllib.request
-
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2).close()
-            return True
-        except OSError:
-            return False
-
-    def count(self, sql: str) -> int:
-        """A count from the server's store (read while it writes)."""
-        try:
-            with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5) as db:
-                return db.execute(sql).fetchone()[0]
-        except sqlite3.Error:  # a table not made yet, or the store being written
-            return 0
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-
-def reached(point: str, exp_dir: Path, server: Server, name: str,
+def reached(point: str, exp_dir: Path, server: MlflowServer, name: str,
             metric: str = "val_acc") -> bool:
     if point == "start":
         return (exp_dir / "tuner.pkl").exists()
@@ -120,7 +70,7 @@ def reached(point: str, exp_dir: Path, server: Server, name: str,
     raise ValueError(f"unknown kill point {point!r}")
 
 
-def search(cwd: Path, name: str, server: Server, resume: bool) -> subprocess.Popen:
+def search(cwd: Path, name: str, server: MlflowServer, resume: bool) -> subprocess.Popen:
     """The search's driver, its output in cwd/NAME.log or NAME.resume.log."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     with open(cwd / f"{name}{'.resume' if resume else ''}.log", "w") as log:
@@ -139,7 +89,7 @@ def image_folder(cwd: Path) -> Path:
     return folder
 
 
-def kill_and_resume(cwd: Path, server: Server, seed: int, point: str,
+def kill_and_resume(cwd: Path, server: MlflowServer, seed: int, point: str,
                     timeout_s: float = 300, images: bool = False,
                     config: str = CONFIG, metric: str = "val_acc") -> tuple[str, str]:
     """One kill point: (what happened, the resumed driver's output). 'killed' or
@@ -155,13 +105,17 @@ def kill_and_resume(cwd: Path, server: Server, seed: int, point: str,
         if driver.poll() is not None:
             return "ended first", (cwd / f"{name}.log").read_text()
         if time.monotonic() > deadline:
-            driver.kill()
+            kill_group(driver)
             raise TimeoutError(f"{name}: {point} not reached in {timeout_s:.0f} s")
         time.sleep(0.05)
     driver.send_signal(signal.SIGKILL)  # the driver alone, as a crash of its process
     driver.wait()
     resumed = search(cwd, name, server, resume=True)
-    resumed.wait(timeout=timeout_s)
+    try:
+        resumed.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        kill_group(resumed)
+        raise
     out = (cwd / f"{name}.resume.log").read_text()
     if resumed.returncode != 0:
         raise AssertionError(f"{name}: --resume exited {resumed.returncode}\n{out[-3000:]}")
@@ -197,7 +151,7 @@ def expected_outcome(record: dict, epochs: int = EPOCHS) -> str:
     return "completed" if last.get("epoch", 0) >= epochs else "pruned"
 
 
-def check(cwd: Path, server: Server, name: str, epochs: int = EPOCHS,
+def check(cwd: Path, server: MlflowServer, name: str, epochs: int = EPOCHS,
           metric: str = "val_acc") -> list[str]:
     """What differs between MLflow and Ray's record of search `name` (of `epochs` epochs a
     trial, reporting `metric`); [] when they agree."""
@@ -252,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="the digits as PNG files (imagefolder), not the bundled tensors")
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="resume-fuzz-"))
-    server = Server(work)
+    server = MlflowServer(work)
     tried = failed = 0
     try:
         for seed in range(1, args.seeds + 1):

@@ -2,14 +2,120 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Every process the suite starts inherits this variable, set to the pytest process's pid
+# (each xdist worker its own): at the end, `nothing_left_running` finds them by it.
+OWNER = "ADAMSEARCH_TEST_OWNER"
+# How long the processes of a stopped Ray (`ray.shutdown(wait_for_processes=False)`) or a
+# killed server may take to go, on a loaded machine.
+LEFTOVER_GRACE_S = 90.0
+
+
+def pytest_configure(config):
+    os.environ[OWNER] = str(os.getpid())
+    # A search with no address joins a Ray that runs on this machine (ray_current_cluster):
+    # under xdist another worker's test cluster. Tests that mean to join one say its address.
+    os.environ["RAY_ADDRESS"] = "local"
+
+
+# Under xdist (`make test` runs two workers) a module's tests run in one worker, so that a
+# module-scoped fixture (a search, a server) is made once. The modules that read the one
+# shared search (`search` below) run in one worker together, so that it is made once.
+SHARED_SEARCH_MODULES = {"test_search", "test_search_view", "test_deploy", "test_browser",
+                         "test_warm_start"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2]
+        group = "shared-search" if module in SHARED_SEARCH_MODULES else module
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
+def marked(mark: str) -> list:
+    """The live processes whose OWNER is `mark` or below it (`mark.N`), this one excluded."""
+    import psutil
+
+    exact, below = f"{OWNER}={mark}".encode(), f"{OWNER}={mark}.".encode()
+    found = []
+    for proc in psutil.process_iter():
+        if proc.pid == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{proc.pid}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+            if (any(v == exact or v.startswith(below) for v in env)
+                    and proc.status() != psutil.STATUS_ZOMBIE):
+                found.append(proc)
+        except (OSError, psutil.Error):
+            continue
+    return found
+
+
+def kill(procs: list) -> list[str]:
+    """Kill `procs`; what each was, for a message."""
+    import psutil
+
+    said = []
+    for proc in procs:
+        try:
+            said.append(f"{proc.pid} {' '.join(proc.cmdline())[:160]}")
+            proc.kill()
+        except psutil.Error:
+            continue
+    return said
+
+
+_tests = itertools.count(1)
+
+
+@pytest.fixture(autouse=True)
+def ends_what_it_starts():
+    """Whatever a test started (a driver, a server, a cluster's node, a Ray it left
+    stopping) is ended after it, even when the test failed before it could end it: its
+    processes carry the test's own OWNER mark. Module and session fixtures' processes
+    carry the session's, and are checked at the end (`nothing_left_running`)."""
+    session = os.environ[OWNER]
+    os.environ[OWNER] = f"{session}.{next(_tests)}"
+    ray_before = ray_connected()
+    try:
+        yield
+    finally:
+        mark, os.environ[OWNER] = os.environ[OWNER], session
+        if ray_connected() and not ray_before:  # a Ray the test started in this process
+            sys.modules["ray"].shutdown()
+        kill(marked(mark))
+
+
+def ray_connected() -> bool:
+    """Whether this process is connected to a Ray (without importing Ray)."""
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_running():
+    """After the last test: every server, cluster and process group that a fixture started
+    has ended (those still there after LEFTOVER_GRACE_S are named, killed, and fail the run)."""
+    yield
+    mine = str(os.getpid())
+    deadline = time.monotonic() + LEFTOVER_GRACE_S
+    while (left := marked(mine)) and time.monotonic() < deadline:
+        time.sleep(1)
+    if left:
+        said = kill(left)
+        pytest.fail(f"{len(left)} processes started by the tests still ran at the end:\n"
+                    + "\n".join(said), pytrace=False)
 
 
 def run_module(module: str, *args: str, cwd: Path | None = None, timeout: float = 300,

@@ -3,24 +3,18 @@ nothing created in the storage path or in MLflow."""
 
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
 import ray
 from ray.cluster_utils import Cluster
 
+from bench.mlflow_server import free_port
 from search.cli import run_main
 from search.run import main
 from tests.conftest import run_module
 
 GOOD = "data: {dataset: digits}\nmodel: {name: mlp}\ntrain: {epochs: 2}\n"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 PORT = free_port()

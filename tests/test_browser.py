@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from urllib.parse import quote
 
 import pytest
 
+from bench.mlflow_server import free_port
 from search.record.store import ui_link  # the link the summary prints: what the browser opens
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,12 +123,6 @@ def driver(request, shots, chromium):
 
 
 # ------------------------------------------------------------------ mlflow ui
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 import torch
 import yaml
 
+from bench.mlflow_server import free_port
 from search.config import DataConfig, SearchConfig
 from search.trial import data
 from tests.conftest import run_module
@@ -100,12 +100,6 @@ def test_the_latency_table_is_printed_and_logged_to_the_search(deployed):
     assert parent.data.metrics["deploy_pytorch_images_per_s"] > 0
     table = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/deploy/latency.txt")
     assert table.splitlines()[0].split()[:3] == ["runtime", "p50", "ms"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post(url: str, body: dict, timeout: float = 30) -> dict:

@@ -182,12 +182,12 @@ def test_a_full_artifact_store_loses_no_metric_and_registers_no_half_model(tmp_p
     registered, and once space is freed `--resume` registers the whole one."""
     import mlflow
 
-    from bench.resume_fuzz import Server
+    from bench.mlflow_server import MlflowServer
 
     store = tmp_path / "artifacts"
     mount_tmpfs(store, "2m")
     try:
-        server = Server(tmp_path)
+        server = MlflowServer(tmp_path)
         try:
             free = os.statvfs(store)
             (store / "filler").write_bytes(b"\0" * (free.f_bavail * free.f_frsize - (160 << 10)))

@@ -11,7 +11,7 @@ import threading
 
 from mlflow.tracking import MlflowClient
 
-from bench import resume_fuzz
+from bench.mlflow_server import MlflowServer
 from search.config import DataConfig
 from search.record import promotion
 from search.record.promotion import Judged, fingerprint, promote, verdict
@@ -124,7 +124,7 @@ def test_two_searches_on_one_server_leave_the_better_one_champion(tmp_path, loca
     import ray
 
     address = ray.get_runtime_context().gcs_address  # one Ray cluster, two drivers
-    server = resume_fuzz.Server(tmp_path)
+    server = MlflowServer(tmp_path)
     try:
         # A champion judged on the same data at 0.92: between one epoch's val_acc (about
         # 0.90) and three epochs' (about 0.94), so the quick search must end challenger

@@ -7,8 +7,6 @@ import json
 import os
 import pickle
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 
+from bench.mlflow_server import MlflowServer, free_port
 from tests.conftest import ROOT, run_module
 from tests.test_search import children
 
@@ -43,12 +42,6 @@ search: {num_samples: 6, max_concurrent: 2, seed: 2}
 scheduler: {name: fifo}
 mlflow: {register_as: digits-http}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ray_epochs(exp_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -175,39 +168,10 @@ def postgres(tmp_path):
 def mlflow_server(request, tmp_path):
     """A real `mlflow server` on 127.0.0.1 over SQLite or PostgreSQL; yields (uri, start,
     stop)."""
-    backend = (f"sqlite:///{tmp_path / 'server.db'}" if request.param == "sqlite"
-               else request.getfixturevalue("postgres"))
-    port = free_port()
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1", "--backend-store-uri", backend,
-           "--artifacts-destination", str(tmp_path / "artifacts")]
-    procs = []
-
-    def start() -> None:
-        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
-        procs.append(proc)
-        wait_for(lambda: _answers(port), 60, proc)
-
-    def stop() -> None:
-        os.killpg(procs[-1].pid, signal.SIGKILL)
-        procs[-1].wait()
-
-    start()
-    yield f"http://127.0.0.1:{port}", start, stop
-    for proc in procs:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _answers(port: int) -> bool:
-    import urllib.request
-
-    try:
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
-        return True
-    except OSError:
-        return False
+    backend = None if request.param == "sqlite" else request.getfixturevalue("postgres")
+    server = MlflowServer(tmp_path, backend)
+    yield server.uri, server.start, server.stop
+    server.stop()
 
 
 def test_search_survives_tracking_server_restart(tmp_path, mlflow_server):

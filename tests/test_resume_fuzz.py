@@ -7,11 +7,12 @@ from __future__ import annotations
 import pytest
 
 from bench import resume_fuzz
+from bench.mlflow_server import MlflowServer
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    s = resume_fuzz.Server(tmp_path_factory.mktemp("fuzz"))
+    s = MlflowServer(tmp_path_factory.mktemp("fuzz"))
     yield s
     s.stop()
 

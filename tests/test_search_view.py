@@ -4,7 +4,6 @@ optuna.load_study and optuna-dashboard), and MLflow runs that read well."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from ray.tune import ExperimentAnalysis, ResultGrid
 
+from bench.mlflow_server import free_port
 from search import config as config_
 from search.config import SearchConfig
 from search.record import plots, results
@@ -89,12 +89,6 @@ def test_the_optuna_study_has_one_trial_per_ray_trial_in_its_state(search):
         trial = by_ray[kid.data.tags["trial_id"]]
         assert trial.state.name == STATES[kid.data.tags["outcome"]]
         assert trial.params["lr"] == pytest.approx(float(kid.data.params["lr"]), rel=5e-3)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_optuna_dashboard_answers_on_loopback_with_the_study(search):

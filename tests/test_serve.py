@@ -24,6 +24,7 @@ from mlflow.models import infer_signature
 from sklearn.datasets import load_digits
 
 import models
+from bench.mlflow_server import free_port
 from search.config import ConfigError
 from search.deploy import serve
 from tests.conftest import run_module
@@ -38,12 +39,6 @@ class Registry:
 
     tracking_uri: str
     onnx_bytes: bytes  # the registered model, for the reference predictions
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def onnx_model() -> bytes:

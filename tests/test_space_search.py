@@ -12,6 +12,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from bench import resume_fuzz
+from bench.mlflow_server import MlflowServer
 from tests.conftest import run_module
 
 EPOCHS = 4
@@ -41,7 +42,7 @@ PATHS = ("train.schedule", "train.batch_size", "model.kwargs.width")
 def resumed(tmp_path_factory):
     """The search, killed once MLflow holds 5 epochs, then resumed: (folder, server, name,
     the resumed driver's output)."""
-    server = resume_fuzz.Server(tmp_path_factory.mktemp("space"))
+    server = MlflowServer(tmp_path_factory.mktemp("space"))
     try:
         what, out = resume_fuzz.kill_and_resume(server.folder, server, seed=2,
                                                 point="epochs:5", config=CONFIG)

@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 
 from bench import resume_fuzz
+from bench.mlflow_server import MlflowServer
 from tests.conftest import ROOT, run_module
 from tests.test_reliability import remove_mid_trial
 from tests.test_search import children
@@ -52,7 +53,7 @@ def with_task(folder):
 @pytest.fixture(scope="module")
 def resumed(tmp_path_factory):
     """The search, killed once MLflow holds 10 epochs of val_rmse, then resumed."""
-    server = resume_fuzz.Server(with_task(tmp_path_factory.mktemp("task")))
+    server = MlflowServer(with_task(tmp_path_factory.mktemp("task")))
     try:
         what, out = resume_fuzz.kill_and_resume(server.folder, server, seed=1,
                                                 point="epochs:10", config=CONFIG,
