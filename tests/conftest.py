@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import subprocess
@@ -19,6 +20,7 @@ OWNER = "ADAMSEARCH_TEST_OWNER"
 # How long the processes of a stopped Ray (`ray.shutdown(wait_for_processes=False)`) or a
 # killed server may take to go, on a loaded machine.
 LEFTOVER_GRACE_S = 90.0
+RAY_START_DEADLINE_S = 240.0  # `ray start --head`: about 4 s quiet
 
 
 def pytest_configure(config):
@@ -35,11 +37,24 @@ SHARED_SEARCH_MODULES = {"test_search", "test_search_view", "test_deploy", "test
                          "test_warm_start"}
 
 
+# The groups that take longest (seconds on one worker, measured 2026-12-08 on 2 cores) go
+# to the workers first, so that no long group starts last while the other worker idles.
+LONGEST_FIRST = ("shared-search", "test_task_search", "test_user_code", "test_reliability",
+                 "test_adam_fused", "test_multiworker", "test_multiworker_cluster",
+                 "test_pbt_search", "test_resume_fuzz", "test_full_disk", "test_space_search",
+                 "test_promotion", "test_lifecycle", "test_warm")
+
+
+def xdist_group(item) -> str:
+    module = item.module.__name__.rpartition(".")[2]
+    return "shared-search" if module in SHARED_SEARCH_MODULES else module
+
+
 def pytest_collection_modifyitems(config, items):
+    rank = {group: i for i, group in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(xdist_group(item), len(rank)))  # stable
     for item in items:
-        module = item.module.__name__.rpartition(".")[2]
-        group = "shared-search" if module in SHARED_SEARCH_MODULES else module
-        item.add_marker(pytest.mark.xdist_group(group))
+        item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
 
 
 def marked(mark: str) -> list:
@@ -101,6 +116,56 @@ def ray_connected() -> bool:
     """Whether this process is connected to a Ray (without importing Ray)."""
     ray = sys.modules.get("ray")
     return ray is not None and ray.is_initialized()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_ray(nothing_left_running, tmp_path_factory):
+    """One Ray (2 CPUs) per test process, that every search started without an address
+    joins, as a search joins a Ray kept up on this machine (README, "Many searches on one
+    machine"): a search's Ray start and stop (about 5 s) is paid once, not per search.
+    Each search is still its own Ray job with its own trial processes. Tests that mean a
+    Ray of their own say so (`ray.init(address="local")`, a `Cluster`, `--address`)."""
+    import fcntl
+    import re
+    import signal
+
+    from bench.mlflow_server import free_port
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # Two xdist workers start theirs at once: the first start writes Ray's token file
+    # (~/.ray/auth_token), which the second must then read, not write again.
+    log = tmp_path_factory.mktemp("shared-ray") / "ray-start.log"
+    with open(tmp_path_factory.getbasetemp().parent / "ray-start.lock", "w") as lock, \
+            log.open("w") as out:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        head = subprocess.Popen(
+            [str(Path(sys.executable).with_name("ray")), "start", "--head", "--port",
+             str(free_port()), "--num-cpus", "2", "--num-gpus", "0",
+             "--include-dashboard=false", "--disable-usage-stats"],
+            env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True)  # its processes stay in this group: killed as one
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            head.wait(timeout=RAY_START_DEADLINE_S)
+    said = log.read_text(errors="replace")
+    address = re.search(r"--address='([^']+)'", said)
+    if head.returncode != 0 or address is None:
+        os.killpg(head.pid, signal.SIGKILL)
+        pytest.fail(f"ray start --head did not start a Ray within {RAY_START_DEADLINE_S:.0f} s:"
+                    f"\n{said[-2000:]}", pytrace=False)
+    os.environ.update(RAY_ADDRESS=address.group(1), RAY_AUTH_MODE="token")
+    yield address.group(1)
+    os.environ["RAY_ADDRESS"] = "local"
+    os.killpg(head.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def own_ray(shared_ray):
+    """For a module whose Ray must be its own (Ray Serve's detached actors outlive the
+    job that started them): searches and `ray.init()` start a local Ray, as without a
+    shared one."""
+    os.environ["RAY_ADDRESS"] = "local"
+    yield
+    os.environ["RAY_ADDRESS"] = shared_ray
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -168,12 +233,13 @@ def search(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """A Ray for this module's in-process runs, unless one is running already."""
+    """This process connected to the shared Ray for this module's in-process runs, unless
+    it is connected already."""
     import ray
 
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="error")
+        ray.init(logging_level="error")
     yield
     if started:
         ray.shutdown()

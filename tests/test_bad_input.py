@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 
 import pytest
-import ray
 from ray.cluster_utils import Cluster
 
 from bench.mlflow_server import free_port
@@ -215,14 +214,6 @@ CASES = [
     ("optuna journal that is a folder", GOOD + "search: {optuna_storage: .}\n", [],
      "search.optuna_storage .: is a folder; an Optuna journal is a file"),
 ]
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    """One Ray for the cases that get as far as checking the cluster's resources."""
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, logging_level="error")
-    yield
-    ray.shutdown()
 
 
 @pytest.mark.parametrize("text,args,expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])

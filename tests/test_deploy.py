@@ -22,6 +22,9 @@ from search.config import DataConfig, SearchConfig
 from search.trial import data
 from tests.conftest import run_module
 
+# Ray Serve's detached actors outlive the job that started them: a Ray of its own.
+pytestmark = pytest.mark.usefixtures("own_ray")
+
 ONNX = "models:/digits-test-onnx@champion"
 INT8 = "digits-test-onnx-int8"
 

@@ -29,6 +29,9 @@ from search.config import ConfigError
 from search.deploy import serve
 from tests.conftest import run_module
 
+# Ray Serve's detached actors outlive the job that started them: a Ray of its own.
+pytestmark = pytest.mark.usefixtures("own_ray")
+
 NAME = "digits-onnx"
 NOT_ONNX = "digits-pyfunc"
 

@@ -13,7 +13,9 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -22,7 +24,7 @@ from ray.cluster_utils import Cluster
 from bench import resume_fuzz
 from bench.mlflow_server import MlflowServer
 from tests.conftest import ROOT, run_module
-from tests.test_reliability import remove_mid_trial
+from tests.test_reliability import wait_for
 from tests.test_search import children
 
 EPOCHS = 8
@@ -169,6 +171,38 @@ def test_a_deterministic_error_in_a_task_is_not_retried_and_its_line_is_shown(tm
         assert len(lines) == 2 and json.loads(lines[-1])["error"] == reason
 
 
+def on_node(node, pid: int) -> bool:
+    """Whether process `pid` runs under `node`'s raylet (the nodes of a local Cluster share
+    one IP address; a worker process is a child of its node's raylet)."""
+    raylet = node.all_processes["raylet"][0].process.pid
+    try:
+        return any(p.pid == raylet for p in psutil.Process(pid).parents())
+    except psutil.NoSuchProcess:
+        return False
+
+
+def remove_mid_trial(cluster: Cluster, node, exp_dir: Path, epochs: int,
+                     driver: subprocess.Popen) -> str:
+    """Remove `node` at once, when a trial running there has a checkpoint and two epochs or
+    more to go (Ray writes result.json a little behind the trial): its retry must then
+    resume from that checkpoint. Returns what was seen then, for failure messages."""
+    seen = []
+
+    def ready() -> bool:
+        for trial in exp_dir.glob("trial_*"):
+            lines = (trial / "result.json").read_text().splitlines() \
+                if (trial / "result.json").exists() else []
+            last = json.loads(lines[-1]) if lines else None
+            if (last and last["training_iteration"] <= epochs - 2
+                    and any(trial.glob("checkpoint_*")) and on_node(node, last["pid"])):
+                seen.append(f"{trial.name} at epoch {last['training_iteration']}")
+                return True
+        return False
+    wait_for(ready, 240, driver)
+    cluster.remove_node(node, allow_graceful=False)
+    return seen[0]
+
+
 # batch_size 1 and a 1024-wide layer: a few seconds an epoch, so a node dies mid-trial.
 SLOW = """
 train: {task: diabetes:Diabetes, epochs: 4, batch_size: 1}
@@ -203,8 +237,10 @@ def test_a_task_search_survives_losing_a_worker_node(tmp_path):
     _, kids = children(client, "n")
     assert len(kids) == 4
     for kid in kids:
+        assert kid.info.status == "FINISHED" and kid.data.tags["outcome"] == "completed"
         steps = [m.step for m in client.get_metric_history(kid.info.run_id, "val_rmse")]
         assert sorted(steps) == [1, 2, 3, 4]  # exactly one value per epoch, replays or not
+    assert len({k.data.tags["node_id"] for k in kids}) >= 2  # trials spread over nodes
     retried = [k for k in kids if int(k.data.tags.get("retries", 0)) >= 1]
     assert retried, f"no trial was retried after its node died ({seen})"
     assert any(int(k.data.tags.get("resumed_from_epoch", 0)) >= 1 for k in retried), seen

@@ -17,6 +17,9 @@ from search.trial import warm
 from search.trial.trainer import train
 from tests.conftest import ROOT
 
+# The trial's process is found among the driver's children: a Ray the driver starts itself.
+pytestmark = pytest.mark.usefixtures("own_ray")
+
 TIMING = {"epoch_s", "images_per_s"}
 
 
