@@ -34,9 +34,9 @@ charlm: $(STAMP)
 	$(BIN)/python -m search.run conf/charlm/search.yaml
 
 # pytest exits 5 when it collects no tests; that is not a failure of the code.
-# Two xdist workers, each test module in one (tests/conftest.py: pytest_collection_modifyitems).
+# Two xdist workers, each test module in one (tests/conftest.py: pytest_xdist_make_scheduler).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup || test $$? -eq 5
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadscope || test $$? -eq 5
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

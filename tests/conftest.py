@@ -30,13 +30,12 @@ def pytest_configure(config):
     os.environ["RAY_ADDRESS"] = "local"
 
 
-# Under xdist (`make test` runs two workers) a module's tests run in one worker, so that a
-# module-scoped fixture (a search, a server) is made once. The modules that read the one
-# shared search (`search` below) run in one worker together, so that it is made once.
+# Under xdist (`make test`: two workers, `--dist loadscope`) a module's tests run in one
+# worker, so that a module-scoped fixture (a search, a server) is made once. The modules
+# that read the one shared search (`search` below) run in one worker together, so that it
+# is made once.
 SHARED_SEARCH_MODULES = {"test_search", "test_search_view", "test_deploy", "test_browser",
                          "test_warm_start"}
-
-
 # The groups that take longest (seconds on one worker, measured 2026-12-08 on 2 cores) go
 # to the workers first, so that no long group starts last while the other worker idles.
 LONGEST_FIRST = ("shared-search", "test_task_search", "test_user_code", "test_reliability",
@@ -45,16 +44,29 @@ LONGEST_FIRST = ("shared-search", "test_task_search", "test_user_code", "test_re
                  "test_promotion", "test_lifecycle", "test_warm")
 
 
-def xdist_group(item) -> str:
-    module = item.module.__name__.rpartition(".")[2]
+def group_of(nodeid: str) -> str:
+    """The xdist scope of a test: its module, or "shared-search"."""
+    module = nodeid.split("::")[0].rpartition("/")[2].removesuffix(".py")
     return "shared-search" if module in SHARED_SEARCH_MODULES else module
 
 
 def pytest_collection_modifyitems(config, items):
     rank = {group: i for i, group in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(xdist_group(item), len(rank)))  # stable
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
+    items.sort(key=lambda item: rank.get(group_of(item.nodeid), len(rank)))  # stable
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadscope`, with the shared search's readers as one scope (xdist's own
+    `loadgroup` marks do not reach pytest 9's node ids)."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByGroup(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of(nodeid)
+
+    return ByGroup(config, log)
 
 
 def marked(mark: str) -> list:
@@ -243,3 +255,4 @@ def local_ray():
     yield
     if started:
         ray.shutdown()
+
