@@ -28,6 +28,9 @@ def pytest_configure(config):
     # A search with no address joins a Ray that runs on this machine (ray_current_cluster):
     # under xdist another worker's test cluster. Tests that mean to join one say its address.
     os.environ["RAY_ADDRESS"] = "local"
+    # Ray 2.60 protects every cluster with a token (~/.ray/auth_token); a driver joining one
+    # it did not start says so. Read when Ray is imported: set before any test imports it.
+    os.environ["RAY_AUTH_MODE"] = "token"
 
 
 # Under xdist (`make test`: two workers, `--dist loadscope`) a module's tests run in one
@@ -139,7 +142,9 @@ def shared_ray(nothing_left_running, tmp_path_factory):
     Ray of their own say so (`ray.init(address="local")`, a `Cluster`, `--address`)."""
     import fcntl
     import re
+    import shutil
     import signal
+    import tempfile
 
     from bench.mlflow_server import free_port
 
@@ -147,12 +152,15 @@ def shared_ray(nothing_left_running, tmp_path_factory):
     # Two xdist workers start theirs at once: the first start writes Ray's token file
     # (~/.ray/auth_token), which the second must then read, not write again.
     log = tmp_path_factory.mktemp("shared-ray") / "ray-start.log"
+    # Its own temp folder (short: Ray's socket paths are in it): a `ray.init()` elsewhere on
+    # this machine (a `make demo` beside the suite) must not find and join it.
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     with open(tmp_path_factory.getbasetemp().parent / "ray-start.lock", "w") as lock, \
             log.open("w") as out:
         fcntl.flock(lock, fcntl.LOCK_EX)
         head = subprocess.Popen(
             [str(Path(sys.executable).with_name("ray")), "start", "--head", "--port",
-             str(free_port()), "--num-cpus", "2", "--num-gpus", "0",
+             str(free_port()), "--num-cpus", "2", "--num-gpus", "0", "--temp-dir", temp,
              "--include-dashboard=false", "--disable-usage-stats"],
             env=env, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True)  # its processes stay in this group: killed as one
@@ -164,10 +172,11 @@ def shared_ray(nothing_left_running, tmp_path_factory):
         os.killpg(head.pid, signal.SIGKILL)
         pytest.fail(f"ray start --head did not start a Ray within {RAY_START_DEADLINE_S:.0f} s:"
                     f"\n{said[-2000:]}", pytrace=False)
-    os.environ.update(RAY_ADDRESS=address.group(1), RAY_AUTH_MODE="token")
+    os.environ["RAY_ADDRESS"] = address.group(1)
     yield address.group(1)
     os.environ["RAY_ADDRESS"] = "local"
     os.killpg(head.pid, signal.SIGKILL)
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
