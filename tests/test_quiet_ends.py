@@ -14,15 +14,15 @@ import pytest
 
 from tests.conftest import ROOT
 
+# The workers are found as the driver's children: a Ray the driver starts itself.
+pytestmark = pytest.mark.usefixtures("own_ray")
+
 SCRIPT = """
 import os, signal, sys, time
 import psutil
 import ray
 from search import cluster
 from search.config import DataConfig
-
-# The workers are found as the driver's children: a Ray the driver starts itself.
-pytestmark = pytest.mark.usefixtures("own_ray")
 
 cluster.connect(None, cpus=2, preload=DataConfig(dataset="digits"),
                 verbose=sys.argv[1] == "verbose")

@@ -17,6 +17,8 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
+from bench import resume_fuzz
+from bench.mlflow_server import SECRET, MlflowServer
 from search import config as config_
 from search.config import DataConfig, TrialConfig
 from search.trial import data
@@ -128,13 +130,26 @@ def ended_trials(exp_dir) -> list[str]:
     return [t for t, _ in trials if json.loads(t)["status"] == "TERMINATED"]
 
 
-def test_killed_driver_resumes_and_finishes_every_trial(tmp_path):
+@pytest.fixture
+def server(tmp_path):
+    """A real `mlflow server` on 127.0.0.1 (SQLite) in tmp_path."""
+    server = MlflowServer(tmp_path)
+    yield server
+    server.stop()
+
+
+def test_killed_driver_resumes_and_finishes_every_trial(tmp_path, server):
+    """Killed between Ray's snapshots with trials running, tracked through a URI with a
+    password: resumed, MLflow equals Ray's record (bench/resume_fuzz.py's check; its
+    other kill points: tests/test_resume_fuzz.py), the study and ASHA's rungs came back,
+    and the password is nowhere."""
     (tmp_path / "conf.yaml").write_text(SEARCH.replace("num_samples: 8", "num_samples: 5"))
+    tracked = ["--tracking-uri", server.secret_uri]
     # Ray snapshots every second here (its default is every 10 s or more), so that the kill
     # lands mid-search, with checkpoints being deleted as snapshots supersede them.
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     driver = subprocess.Popen(
-        [sys.executable, "-m", "search.run", "conf.yaml", "--name", "k"],
+        [sys.executable, "-m", "search.run", "conf.yaml", "--name", "k", *tracked],
         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     exp_dir = tmp_path / "runs" / "k"
@@ -147,10 +162,13 @@ def test_killed_driver_resumes_and_finishes_every_trial(tmp_path):
         time.sleep(0.5)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
-    proc = run_module("search.run", "conf.yaml", "--name", "k", "--resume", cwd=tmp_path)
+    proc = run_module("search.run", "conf.yaml", "--name", "k", "--resume", *tracked,
+                      cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "search k: 5 trials" in proc.stdout
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert resume_fuzz.check(tmp_path, server, "k", epochs=6) == []
+    assert SECRET not in proc.stdout + proc.stderr
+    client = MlflowClient(server.uri)
     parents, kids = children(client, "k")
     assert len(parents) == 1 and len(kids) == 5
     assert len({k.data.tags["trial_id"] for k in kids}) == 5
