@@ -28,12 +28,12 @@ from urllib.parse import quote
 
 import pytest
 
-from bench.mlflow_server import free_port
+from bench.mlflow_server import START_DEADLINE_S, free_port
 from search.record.store import ui_link  # the link the summary prints: what the browser opens
 
 ROOT = Path(__file__).resolve().parent.parent
-WAIT_S = 30.0  # the longest wait for one thing to show: the machine may be slow
-SERVER_START_S = 120.0
+WAIT_S = 60.0  # the longest wait for one thing to show: the machine may be busy
+SERVER_START_S = START_DEADLINE_S
 CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",

@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from bench.mlflow_server import free_port
+from bench.mlflow_server import START_DEADLINE_S, free_port
 from search.config import DataConfig, SearchConfig
 from search.trial import data
 from tests.conftest import run_module
@@ -112,7 +112,7 @@ def post(url: str, body: dict, timeout: float = 30) -> dict:
         return json.loads(response.read())
 
 
-def wait_for(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+def wait_for(url: str, proc: subprocess.Popen, timeout: float = START_DEADLINE_S) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.stdout.read()
@@ -122,7 +122,7 @@ def wait_for(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
                     return
         except OSError:
             time.sleep(0.5)
-    raise AssertionError(f"{url} did not answer within {timeout} s")
+    raise AssertionError(f"{url} did not answer 200 within {timeout:.0f} s")
 
 
 def test_mlflow_models_serve_answers_real_images_with_the_same_predictions(deployed,

@@ -20,7 +20,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from ray.tune import ExperimentAnalysis, ResultGrid
 
-from bench.mlflow_server import free_port
+from bench.mlflow_server import START_DEADLINE_S, free_port
 from search import config as config_
 from search.config import SearchConfig
 from search.record import plots, results
@@ -99,7 +99,7 @@ def test_optuna_dashboard_answers_on_loopback_with_the_study(search):
          str(cwd / "runs" / "e2e" / "optuna.journal"), "--host", "127.0.0.1", "--port",
          str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline, studies = time.monotonic() + 60, None
+        deadline, studies = time.monotonic() + START_DEADLINE_S, None
         while studies is None and time.monotonic() < deadline:
             assert proc.poll() is None, proc.stdout.read()
             try:
@@ -108,7 +108,8 @@ def test_optuna_dashboard_answers_on_loopback_with_the_study(search):
                     studies = json.loads(r.read())["study_summaries"]
             except OSError:
                 time.sleep(0.5)
-        assert studies and studies[0]["study_name"] == "e2e"
+        assert studies, f"optuna-dashboard did not answer /api/studies in {START_DEADLINE_S} s"
+        assert studies[0]["study_name"] == "e2e"
         with urllib.request.urlopen(
                 f"http://127.0.0.1:{port}/api/studies/{studies[0]['study_id']}", timeout=30) as r:
             trials = json.loads(r.read())["trials"]
