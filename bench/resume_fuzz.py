@@ -72,7 +72,10 @@ def reached(point: str, exp_dir: Path, server: MlflowServer, name: str,
 
 def search(cwd: Path, name: str, server: MlflowServer, resume: bool) -> subprocess.Popen:
     """The search's driver, its output in cwd/NAME.log or NAME.resume.log."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    # RAY_ADDRESS=local: the driver starts its own Ray, which its SIGKILL takes down with
+    # it (a crash of the driver's machine), even where a Ray runs on this one already.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TUNE_GLOBAL_CHECKPOINT_S": "1",
+           "RAY_ADDRESS": "local"}
     with open(cwd / f"{name}{'.resume' if resume else ''}.log", "w") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "search.run", "conf.yaml", "--name", name,

@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from search import config as config_
 from search.config import TrialConfig
-from tests.conftest import ROOT, run_module
+from tests.conftest import KILLED_WITH_ITS_RAY, ROOT, run_module
 from tests.test_search import children
 
 EXPLOIT = re.compile(r"^trial (\w+) copies trial (\w+) at epoch (\d+): (.*)$", re.M)
@@ -136,7 +136,8 @@ def test_a_pbt_search_killed_between_perturbations_resumes_on_schedule(tmp_path,
     (tmp_path / "conf.yaml").write_text(CONF)
     log = tmp_path / "killed.log"
     # Ray snapshots every second here, so that the kill lands between the perturbations.
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TUNE_GLOBAL_CHECKPOINT_S": "1",
+           **KILLED_WITH_ITS_RAY}
     with log.open("w") as out:
         driver = subprocess.Popen([sys.executable, "-m", "search.run", "conf.yaml", "--name",
                                    "pbt"], cwd=tmp_path, env=env, stdout=out,

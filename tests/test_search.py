@@ -22,7 +22,7 @@ from bench.mlflow_server import SECRET, MlflowServer
 from search import config as config_
 from search.config import DataConfig, TrialConfig
 from search.trial import data
-from tests.conftest import ROOT, SEARCH, run_module
+from tests.conftest import KILLED_WITH_ITS_RAY, ROOT, SEARCH, run_module
 
 
 def children(client: MlflowClient, experiment: str):
@@ -147,7 +147,8 @@ def test_killed_driver_resumes_and_finishes_every_trial(tmp_path, server):
     tracked = ["--tracking-uri", server.secret_uri]
     # Ray snapshots every second here (its default is every 10 s or more), so that the kill
     # lands mid-search, with checkpoints being deleted as snapshots supersede them.
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TUNE_GLOBAL_CHECKPOINT_S": "1",
+           **KILLED_WITH_ITS_RAY}
     driver = subprocess.Popen(
         [sys.executable, "-m", "search.run", "conf.yaml", "--name", "k", *tracked],
         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
