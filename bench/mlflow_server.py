@@ -57,13 +57,15 @@ class MlflowServer:
     """`mlflow server` on 127.0.0.1 over `backend` (SQLite in `folder` unless given),
     started at once; `stop()` and `start()` again to restart it on the same port."""
 
-    def __init__(self, folder: Path, backend: str | None = None) -> None:
+    def __init__(self, folder: Path, backend: str | None = None,
+                 deadline_s: float = START_DEADLINE_S) -> None:
         self.folder, self.port = Path(folder), free_port()
         self.db = self.folder / "server.db"
         self.backend = backend or f"sqlite:///{self.db}"
         self.uri = f"http://127.0.0.1:{self.port}"
         self.secret_uri = f"http://alice:{SECRET}@127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
+        self.deadline_s = deadline_s
         self.start()
 
     def start(self) -> None:
@@ -76,7 +78,7 @@ class MlflowServer:
                  "--artifacts-destination", str(self.folder / "artifacts")],
                 cwd=self.folder, stdout=out, stderr=subprocess.STDOUT,
                 env={**os.environ, **QUIET_SERVER}, start_new_session=True)
-        deadline = time.monotonic() + START_DEADLINE_S
+        deadline = time.monotonic() + self.deadline_s
         while not answers(f"{self.uri}/health"):
             ended = self.proc.poll() is not None
             if ended or time.monotonic() > deadline:
@@ -84,7 +86,7 @@ class MlflowServer:
                 said = log.read_text(errors="replace")[-1500:]
                 raise RuntimeError(
                     f"mlflow server on port {self.port} did not answer /health "
-                    f"{'(it exited)' if ended else f'within {START_DEADLINE_S:.0f} s'}; "
+                    f"{'(it exited)' if ended else f'within {self.deadline_s:g} s'}; "
                     f"its log:\n{said}")
             time.sleep(0.5)
 
