@@ -211,7 +211,7 @@ def nothing_left_running():
                     + "\n".join(said), pytrace=False)
 
 
-def run_module(module: str, *args: str, cwd: Path | None = None, timeout: float = 300,
+def run_module(module: str, *args: str, cwd: Path | None = None, timeout: float = 900,
                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run `python -m module args...` as a user would, capturing its output."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}

@@ -73,9 +73,17 @@ def test_two_worker_trials_across_nodes_survive_losing_a_node(tmp_path):
                     victim = next(n for n in nodes if n.node_id in hosts)
                 time.sleep(0.1)
             cluster.remove_node(victim, allow_graceful=False)
-            out, _ = driver.communicate(timeout=480)
+            out, _ = driver.communicate(timeout=900)
             assert driver.returncode == 0, out[-4000:]
-            groups = ray.util.placement_group_table()  # the search has ended
+            # The search has ended; Ray removes its groups a moment later (seconds on a
+            # loaded machine): waited for, up to a deadline a loaded machine meets.
+            deadline = time.monotonic() + 120
+            while True:
+                groups = ray.util.placement_group_table()
+                if ({g["state"] for g in groups.values()} == {"REMOVED"}
+                        or time.monotonic() > deadline):
+                    break
+                time.sleep(1)
         finally:
             ray.shutdown()
     finally:
