@@ -65,6 +65,7 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: rank.get(group_of(item.nodeid), len(rank)))  # stable
 
 
+@pytest.hookimpl(optionalhook=True)  # xdist's hook: pytest without xdist runs one process
 def pytest_xdist_make_scheduler(config, log):
     """`--dist loadscope`, with the shared search's readers as one scope (xdist's own
     `loadgroup` marks do not reach pytest 9's node ids)."""
